@@ -1,0 +1,164 @@
+"""The `caplab` command line: run | demo | resume | runs | show | report | recipes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from caplab.errors import CaplabError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        print(f"caplab: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _root(args) -> Path | None:
+    return Path(args.root) if args.root else None
+
+
+def cmd_run(args) -> None:
+    from caplab.config import load_config
+    from caplab.experiment import run_experiment
+
+    cfg = load_config(args.recipe, args.set)
+    print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
+    path = run_experiment(cfg, _root(args))
+    print(path)
+
+
+def cmd_demo(args) -> None:
+    from caplab.demo import run_demo
+
+    run_demo(args.set, _root(args))
+
+
+def cmd_resume(args) -> None:
+    from caplab.experiment import resume_run
+
+    print(resume_run(args.run, _root(args)))
+
+
+def cmd_runs(args) -> None:
+    from caplab.runs.catalog import Catalog
+
+    catalog = Catalog(_root(args))
+    if args.rebuild:
+        print(f"caplab: catalog rebuilt from {catalog.rebuild()} run directories", file=sys.stderr)
+    rows = catalog.runs(recipe=args.recipe, status=args.status)
+    headline = sorted({k for r in rows for k in r["summary"] if k not in ("step", "tokens")})
+    table = [["run", "recipe", "status", "step", *headline]]
+    for r in rows:
+        s = r["summary"]
+        table.append([r["run_id"], r["recipe"], r["status"], str(s.get("step", "")),
+                      *(f"{s[k]:.3f}" if isinstance(s.get(k), float) else "" for k in headline)])
+    print(format_table(table))
+
+
+def cmd_show(args) -> None:
+    from caplab.runs.store import RunStore
+
+    store = RunStore.open(args.run, _root(args))
+    info = store.info()
+    print(f"run      {info['run_id']}\npath     {store.path}\nrecipe   {info['recipe']}\nstatus   {info['status']}")
+    if info.get("error"):
+        print(f"error    {info['error']}")
+    print("config")
+    print(json.dumps(store.config_dict(), indent=2))
+    records = store.metrics()
+    if records:
+        print(f"final metrics (step {records[-1]['step']})")
+        width = max(len(k) for k in records[-1])
+        for key, value in records[-1].items():
+            print(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
+    checkpoints = store.manifest()["checkpoints"]
+    print(f"checkpoints: {len(checkpoints)} (steps {', '.join(str(c['step']) for c in checkpoints)})")
+
+
+def cmd_report(args) -> None:
+    from caplab.runs.report import write_report
+    from caplab.runs.store import RunStore, now, runs_root
+
+    stores = [RunStore.open(name, _root(args)) for name in args.runs]
+    if args.out:
+        out = Path(args.out)
+    elif len(stores) == 1:
+        out = stores[0].path
+    else:
+        out = (_root(args) or runs_root()) / "reports" / f"report-{now().replace(':', '')[:17]}"
+    print(write_report(stores, out))
+
+
+def cmd_recipes(args) -> None:
+    from caplab.config import recipe_description, recipe_names
+
+    names = recipe_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {recipe_description(name)}")
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="caplab", description="caplab: controlled experiments on how capabilities emerge, compose and change.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def with_root(p):
+        p.add_argument("--root", help="runs root (default: $CAPLAB_HOME/runs or ./runs)")
+        return p
+
+    p = with_root(sub.add_parser("run", help="train a recipe"))
+    p.add_argument("recipe", help="a shipped recipe name (see `caplab recipes`) or a .yaml path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.steps=2000")
+    p.set_defaults(fn=cmd_run)
+
+    p = with_root(sub.add_parser("demo", help="step-by-step vs direct on one compositions split (CPU, minutes)"))
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of both runs")
+    p.set_defaults(fn=cmd_demo)
+
+    p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint"))
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_resume)
+
+    p = with_root(sub.add_parser("runs", help="list runs from the catalog"))
+    p.add_argument("--recipe")
+    p.add_argument("--status", choices=["created", "running", "completed", "failed", "interrupted"])
+    p.add_argument("--rebuild", action="store_true", help="rebuild the catalog from the run directories first")
+    p.set_defaults(fn=cmd_runs)
+
+    p = with_root(sub.add_parser("show", help="config and final metrics of a run"))
+    p.add_argument("run")
+    p.set_defaults(fn=cmd_show)
+
+    p = with_root(sub.add_parser("report", help="figures and report.html for one or several runs"))
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", help="output folder (default: the run's own folder, or runs/reports/...)")
+    p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("recipes", help="list the shipped recipes")
+    p.set_defaults(fn=cmd_recipes)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except CaplabError as exc:
+        print(f"caplab: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("caplab: interrupted; resume with `caplab resume RUN`", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Experiment configuration: typed dataclasses, YAML recipes and `--set a.b=c` overrides.
+
+Each component owns its defaults (GPTConfig, TrainConfig, a task's Config);
+an ExperimentConfig composes them. A recipe sets only what differs from the
+defaults. Every unknown or ill-typed key raises ConfigError naming the key and
+the valid choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from caplab.errors import ConfigError
+from caplab.models.gpt import GPTConfig
+from caplab.tasks import TASKS, Task, make_task
+from caplab.train.trainer import TrainConfig
+
+SECTIONS = ("task", "model", "train")
+
+
+@dataclass
+class ExperimentConfig:
+    """A fully resolved experiment: what to learn, with which model, how to train."""
+
+    recipe: str
+    description: str
+    task: dict  # {"name": ..., **task Config fields}, validated by the task
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {
+            "recipe": self.recipe,
+            "description": self.description,
+            "task": dict(self.task),
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    def make_task(self) -> Task:
+        params = {k: v for k, v in self.task.items() if k != "name"}
+        return make_task(self.task["name"], **params)
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def recipe_names() -> list[str]:
+    folder = resources.files("caplab") / "recipes"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> tuple[str, dict]:
+    """Return `(recipe name, raw dict)` for a shipped recipe name or a YAML file path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) and path.is_file():
+        text, name = path.read_text(), path.stem
+    elif name_or_path in recipe_names():
+        text, name = (resources.files("caplab") / "recipes" / f"{name_or_path}.yaml").read_text(), name_or_path
+    else:
+        raise ConfigError(f"unknown recipe {name_or_path!r}; valid: {', '.join(recipe_names())} (or a .yaml path)")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {name_or_path!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {name_or_path!r} must be a mapping of sections ({', '.join(SECTIONS)})")
+    return name, data
+
+
+def recipe_description(name: str) -> str:
+    return str(load_recipe(name)[1].get("description", "")).strip().splitlines()[0]
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` overrides to a nested dict; values are parsed as YAML scalars."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad override {item!r}; expected KEY=VALUE, e.g. train.steps=2000")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        parts = key.split(".")
+        if parts[0] not in SECTIONS + ("description",):
+            raise ConfigError(f"unknown key {key!r}; valid sections: {', '.join(SECTIONS)}")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"unknown key {key!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------- validation
+
+
+def build_dataclass(cls: type, values: dict, prefix: str) -> Any:
+    """Construct dataclass `cls` from `values`, checking every key and type."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown key '{prefix}.{key}'; valid: {', '.join(names)}")
+    checked = {key: check_type(value, hints[key], f"{prefix}.{key}") for key, value in values.items()}
+    try:
+        return cls(**checked)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def check_type(value: Any, annotation: Any, key: str) -> Any:
+    """Return `value` (coerced int->float where harmless) if it fits `annotation`, else raise."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return check_type(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"bad value {value!r} for '{key}'; valid: {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a list")
+        return [check_type(v, args[0], key) for v in value]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads 1e-3 as a string
+            except ValueError:
+                pass
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a string")
+        return value
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def resolve(name: str, data: dict) -> ExperimentConfig:
+    """Turn a raw recipe dict into a validated, fully resolved ExperimentConfig."""
+    unknown = [k for k in data if k not in SECTIONS + ("description", "recipe")]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid: description, {', '.join(SECTIONS)}")
+    task_raw = dict(data.get("task") or {})
+    task_name = task_raw.pop("name", None)
+    if task_name not in TASKS:
+        raise ConfigError(f"bad value {task_name!r} for 'task.name'; valid: {', '.join(TASKS)}")
+    task_cfg = build_dataclass(TASKS[task_name].Config, task_raw, "task")
+    try:
+        task = TASKS[task_name](task_cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    model_raw = dict(data.get("model") or {})
+    model_raw.setdefault("d_vocab", task.vocab_size)
+    model_raw.setdefault("n_ctx", task.seq_len)
+    model = build_dataclass(GPTConfig, model_raw, "model")
+    if model.d_vocab < task.vocab_size:
+        raise ConfigError(f"model.d_vocab={model.d_vocab} is smaller than the task's vocabulary ({task.vocab_size})")
+    if model.n_ctx < task.seq_len:
+        raise ConfigError(f"model.n_ctx={model.n_ctx} is shorter than the task's sequences ({task.seq_len})")
+    train = build_dataclass(TrainConfig, dict(data.get("train") or {}), "train")
+    return ExperimentConfig(
+        recipe=str(data.get("recipe", name)),
+        description=str(data.get("description", "")).strip(),
+        task={"name": task_name, **dataclasses.asdict(task_cfg)},
+        model=model,
+        train=train,
+    )
+
+
+def load_config(recipe: str, overrides: list[str] = ()) -> ExperimentConfig:
+    """Load a recipe (name or path), apply overrides, validate and resolve."""
+    name, data = load_recipe(recipe)
+    return resolve(name, apply_overrides(data, list(overrides)))
+
+
+def config_from_json(text: str) -> ExperimentConfig:
+    data = json.loads(text)
+    return resolve(data["recipe"], data)

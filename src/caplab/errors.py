@@ -1,0 +1,25 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+
+class CaplabError(Exception):
+    """A problem with the user's input or saved state (not a bug in caplab)."""
+
+    exit_code = 1
+
+
+class ConfigError(CaplabError):
+    """A bad recipe, key, value or override."""
+
+    exit_code = 2
+
+
+class RunNotFound(CaplabError):
+    """No run directory matches the given name."""
+
+
+class CorruptCheckpoint(CaplabError):
+    """A checkpoint file is missing, unreadable or fails its sha256 check."""
+
+
+class TrainingDiverged(CaplabError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""

@@ -1,0 +1,92 @@
+"""The one flow: config -> task, model, trainer -> run directory -> report, catalog row."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from caplab.config import ExperimentConfig, config_from_json
+from caplab.errors import CaplabError
+from caplab.models.gpt import GPT
+from caplab.runs.catalog import Catalog
+from caplab.runs.report import write_report
+from caplab.runs.store import RunStore
+from caplab.train.trainer import Trainer
+
+
+def build(cfg: ExperimentConfig, store: Optional[RunStore] = None):
+    """Task, model (initialised from train.seed) and trainer for `cfg`."""
+    task = cfg.make_task()
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model)
+    return task, model, Trainer(task, model, cfg.train, store)
+
+
+class _StoreSink:
+    """Sends the trainer's output to the run directory and the catalog."""
+
+    def __init__(self, store: RunStore, catalog: Catalog, keep_states: int = 1) -> None:
+        self.store, self.catalog, self.keep_states = store, catalog, keep_states
+
+    def log_metrics(self, record: dict) -> None:
+        self.store.log_metrics(record)
+        self.catalog.add_metrics(self.store.run_id, [record])
+
+    def save_checkpoint(self, step, tokens, model, extra, meta) -> None:
+        self.store.save_checkpoint(step, tokens, model, extra, meta, keep_states=self.keep_states)
+
+
+def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
+    task, model, trainer = build(cfg, _StoreSink(store, catalog))
+    if restore:
+        trainer.restore(*store.load_training_state())
+        store.truncate_metrics(trainer.step)
+        catalog.forget_metrics_after(store.run_id, trainer.step)
+        if store.metrics():
+            trainer.last_record = store.metrics()[-1]
+    store.set_status("running")
+    catalog.upsert_run(store)
+    try:
+        final = trainer.fit()
+    except CaplabError as exc:
+        store.set_status("failed", str(exc))
+        catalog.upsert_run(store)
+        raise
+    except BaseException as exc:  # Ctrl-C or a bug: the checkpoints stay resumable
+        store.set_status("interrupted", f"{type(exc).__name__}: {exc}")
+        catalog.upsert_run(store)
+        raise
+    summary = {"step": final.get("step"), "tokens": final.get("tokens"), "eval_loss": final.get("eval_loss"), **task.headline(final)}
+    store.write_json("summary.json", summary)
+    write_report([store], store.path)
+    store.set_status("completed")
+    catalog.upsert_run(store)
+    return store.path
+
+
+def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None) -> Path:
+    """Train `cfg` in a new run directory; return its path."""
+    store = RunStore.create(cfg.recipe, root)
+    store.write_json("config.json", cfg.to_dict())
+    store.write_json("task.json", cfg.make_task().describe())
+    return _train(store, cfg, Catalog(store.path.parent), restore=False)
+
+
+def resume_run(name: str, root: Optional[Path] = None) -> Path:
+    """Continue run `name` from its newest checkpoint to the configured number of steps."""
+    store = RunStore.open(name, root)
+    cfg = config_from_json((store.path / "config.json").read_text())
+    return _train(store, cfg, Catalog(store.path.parent), restore=True)
+
+
+def load_model(name: str, step: Optional[int] = None, root: Optional[Path] = None) -> tuple[GPT, ExperimentConfig]:
+    """The model of run `name` at `step` (default: newest checkpoint), hash-checked, no unpickling."""
+    store = RunStore.open(name, root)
+    cfg = config_from_json((store.path / "config.json").read_text())
+    model = GPT(dataclasses.replace(cfg.model))
+    tensors, _ = store.load_weights(step)
+    model.load_state_dict(tensors)
+    return model.eval(), cfg

@@ -1,0 +1,56 @@
+"""The Task contract: a data-generating process that samples batches and scores models.
+
+A Task owns its vocabulary, its sequence length and its default config (a
+dataclass named `Config` on the class). Sampling is vectorised in torch, seeded
+by an explicit generator and happens on the training device. A Task never
+knows about the Trainer or the Run that uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """One training batch.
+
+    tokens:    (batch, pos) input ids.
+    targets:   (batch, pos) next-token ids (tokens shifted left by one).
+    loss_mask: (batch, pos) float, 1 where the target counts towards the loss.
+    labels:    extra per-sequence annotations instruments may need.
+    """
+
+    tokens: torch.Tensor
+    targets: torch.Tensor
+    loss_mask: torch.Tensor
+    labels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Task:
+    """Base class of data-generating processes (see module docstring)."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    vocab_size: int
+    seq_len: int  # length of `tokens` in a batch
+
+    def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Named capability metrics (accuracies are floats in [0, 1])."""
+        raise NotImplementedError
+
+    def headline(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The few numbers a study reports (written to summary.json)."""
+        return dict(metrics)
+
+    def describe(self) -> dict:
+        """Facts about the task instance worth saving with a run (split sizes, ...)."""
+        return {}

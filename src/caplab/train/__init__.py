@@ -1,0 +1,1 @@
+"""Training: a model-agnostic trainer, optimizers and schedules."""

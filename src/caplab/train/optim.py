@@ -1,0 +1,36 @@
+"""Optimizer construction and learning-rate schedules."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and embeddings (>= 2-D) only; never on gains and biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+
+
+def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, fused where this PyTorch supports it on `device`."""
+    extra = {}
+    if "fused" in inspect.signature(torch.optim.AdamW).parameters and device.type in ("cuda", "cpu"):
+        extra["fused"] = True  # fused defaults to None (off): ask for it explicitly
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **extra)
+
+
+def warmup_cosine(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
+    """Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if total <= warmup:
+        return lr
+    progress = min(1.0, (step - warmup) / (total - warmup))
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)

@@ -1,0 +1,249 @@
+"""A model-agnostic trainer: online batches from a Task, AdamW, schedules, callbacks.
+
+Nothing here knows about GPT. The trainer draws a fresh batch from the task
+every step (on the device, from its own seeded generator), evaluates and
+checkpoints on log-spaced-then-uniform schedules (like Pythia), and can be
+restored from a checkpoint to continue exactly where it stopped.
+
+Callback events, each called as `fn(trainer, **info)`:
+    on_train_start, on_step_end(loss), on_eval(record), on_checkpoint(step), on_train_end(record)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from caplab.errors import TrainingDiverged
+from caplab.tasks.base import Task
+from caplab.train import state as train_state
+from caplab.train.optim import make_adamw, warmup_cosine
+
+EVENTS = ("on_train_start", "on_step_end", "on_eval", "on_checkpoint", "on_train_end")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    seed: int = 0  # model init and data order
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False  # torch.compile the training forward
+    eval_every: int = 250  # evaluations at 0, 1, 2, 4, ... < eval_every, then every eval_every
+    checkpoint_every: int = 500  # checkpoints on the same kind of schedule
+    log_spaced: bool = True  # the log-spaced early evaluations and checkpoints
+    eval_batch_size: int = 256  # batch of the fixed held-out loss estimate
+    progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a terminal
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.lr <= 0:
+            raise ValueError("train.lr must be positive and train.warmup_steps non-negative")
+
+
+def schedule(total: int, every: int, log_spaced: bool = True) -> list[int]:
+    """Steps 0, 1, 2, 4, ... (below `every`), then multiples of `every`, and `total`."""
+    steps = {0, total}
+    if log_spaced:
+        p = 1
+        while p < min(every, total):
+            steps.add(p)
+            p *= 2
+    steps.update(range(every, total, every))
+    return sorted(steps)
+
+
+class Store(Protocol):
+    """Where the trainer writes (a run directory, see caplab.runs.store)."""
+
+    def log_metrics(self, record: dict) -> None: ...
+
+    def save_checkpoint(self, step: int, tokens: int, model: dict, extra: dict, meta: dict) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Train `model` on batches from `task`.
+
+    Arguments:
+        task: the data-generating process (also scores the model).
+        model: any nn.Module mapping (batch, pos) token ids to (batch, pos, vocab) logits.
+        cfg: TrainConfig.
+        store: optional sink for metrics and checkpoints.
+    """
+
+    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, store: Optional[Store] = None) -> None:
+        self.task, self.cfg, self.store = task, cfg, store
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.step = 0
+        self.tokens_per_step = cfg.batch_size * task.seq_len
+        self.callbacks: dict[str, list[Callable]] = defaultdict(list)
+        self.last_record: dict = {}
+        self.forward = torch.compile(model) if cfg.compile else model
+        self._held_out = None
+        self.restored = False
+
+    # ------------------------------------------------------------ plumbing
+
+    def add_callback(self, event: str, fn: Callable) -> None:
+        if event not in EVENTS:
+            raise ValueError(f"unknown event {event!r}; valid: {', '.join(EVENTS)}")
+        self.callbacks[event].append(fn)
+
+    def _fire(self, event: str, **info) -> None:
+        for fn in self.callbacks[event]:
+            fn(self, **info)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def lr_at(self, step: int) -> float:
+        c = self.cfg
+        return warmup_cosine(step, c.steps, c.lr, c.min_lr, c.warmup_steps)
+
+    # ------------------------------------------------------------ state
+
+    def state_tensors(self) -> tuple[dict, dict, dict]:
+        """(model tensors, optimizer + RNG tensors, metadata) for a checkpoint."""
+        model = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        optim, meta = train_state.optimizer_to_tensors(self.optimizer)
+        extra = {**optim, **train_state.rng_to_tensors(self.generator)}
+        return model, extra, {**meta, "step": self.step}
+
+    def restore(self, model: dict, extra: dict, meta: dict) -> None:
+        """Continue from a checkpoint written by `state_tensors`."""
+        self.model.load_state_dict(model)
+        train_state.optimizer_from_tensors(self.optimizer, extra, meta)
+        train_state.rng_from_tensors(self.generator, extra)
+        self.step = int(meta["step"])
+        self.restored = True
+
+    # ------------------------------------------------------------ steps
+
+    def loss(self, batch) -> torch.Tensor:
+        with self.autocast():
+            logits = self.forward(batch.tokens)  # (B, T, V)
+        per_token = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
+        mask = batch.loss_mask.flatten()
+        return (per_token * mask).sum() / mask.sum()
+
+    def train_step(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        batch = self.task.sample(self.cfg.batch_size, self.generator, self.device)
+        loss = self.loss(batch)
+        value = loss.item()
+        if value != value or value in (float("inf"), float("-inf")):
+            raise TrainingDiverged(f"loss became {value} at step {self.step}; training stopped, the last good checkpoint is kept")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return value
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out loss on a fixed batch plus the task's capability metrics."""
+        if self._held_out is None:
+            generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 10_000)
+            self._held_out = self.task.sample(self.cfg.eval_batch_size, generator, self.device)
+        was_training = self.model.training
+        self.model.eval()
+        with self.autocast():
+            record = {"eval_loss": self.loss(self._held_out).item(), **self.task.evaluate(self.model, self.device)}
+        self.model.train(was_training)
+        return record
+
+    def _checkpoint(self) -> None:
+        for name, param in self.model.named_parameters():
+            if not torch.isfinite(param).all():
+                raise TrainingDiverged(f"parameter {name} is not finite at step {self.step}; the last good checkpoint is kept")
+        if self.store is not None:
+            model, extra, meta = self.state_tensors()
+            self.store.save_checkpoint(self.step, self.step * self.tokens_per_step, model, extra, meta)
+        self._fire("on_checkpoint", step=self.step)
+
+    def _eval_and_log(self, train_loss: Optional[float], elapsed: float) -> dict:
+        record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
+        if train_loss is not None:
+            record["train_loss"] = train_loss
+        record.update(self.evaluate())
+        record["elapsed_s"] = round(elapsed, 3)
+        self.last_record = record
+        if self.store is not None:
+            self.store.log_metrics(record)
+        self._fire("on_eval", record=record)
+        return record
+
+    def _progress(self):
+        c = self.cfg
+        disable = {"auto": None, "always": False, "never": True}[c.progress]
+        return tqdm(total=c.steps, initial=self.step, disable=disable, unit="step", dynamic_ncols=True, leave=False)
+
+    def fit(self) -> dict:
+        """Train to `cfg.steps`; return the final metrics record."""
+        c = self.cfg
+        evals = set(schedule(c.steps, c.eval_every, c.log_spaced))
+        checkpoints = set(schedule(c.steps, c.checkpoint_every, c.log_spaced))
+        resumed_at = self.step
+        self.model.train()
+        self._fire("on_train_start")
+        bar = self._progress()
+        start, last_loss, window_start, window_step = time.perf_counter(), None, time.perf_counter(), self.step
+        try:
+            while True:
+                # a restored run already logged and saved the step it starts from
+                first_of_restored = self.restored and self.step == resumed_at
+                if self.step in evals and not first_of_restored:
+                    record = self._eval_and_log(last_loss, time.perf_counter() - start)
+                    bar.set_postfix(_headline(record), refresh=False)
+                if self.step in checkpoints and not first_of_restored:
+                    self._checkpoint()
+                if self.step >= c.steps:
+                    break
+                last_loss = self.train_step()
+                self._fire("on_step_end", loss=last_loss)
+                bar.update(1)
+                now = time.perf_counter()
+                if now - window_start > 1.0:
+                    rate = (self.step - window_step) * self.tokens_per_step / (now - window_start)
+                    bar.set_postfix({"tok/s": f"{rate:,.0f}", "loss": f"{last_loss:.3f}", **_headline(self.last_record)})
+                    window_start, window_step = now, self.step
+        finally:
+            bar.close()
+        self._fire("on_train_end", record=self.last_record)
+        return self.last_record
+
+
+def _headline(record: dict) -> dict:
+    keys = [k for k in ("eval_loss", "unseen_exact") if k in record]
+    return {k: f"{record[k]:.3f}" for k in keys}

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from caplab import RunStore
+from helpers import TINY, caplab
+
+
+def _sets(items):
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    result = caplab("run", "demo", *_sets(TINY), root=root)
+    assert result.returncode == 0, result.stderr
+    return root, result
+
+
+def test_run_prints_the_run_directory_last(cli_run):
+    root, result = cli_run
+    last = result.stdout.strip().splitlines()[-1]
+    store = RunStore.open(last)
+    assert store.path.parent == root and store.info()["status"] == "completed"
+    assert json.loads((store.path / "config.json").read_text())["train"]["steps"] == 24
+
+
+def test_runs_show_and_report(cli_run, tmp_path):
+    root, result = cli_run
+    run_dir = result.stdout.strip().splitlines()[-1]
+    name = run_dir.rsplit("/", 1)[-1]
+    listing = caplab("runs", "--recipe", "demo", root=root)
+    assert listing.returncode == 0 and name in listing.stdout and "completed" in listing.stdout
+    assert "unseen_exact" in listing.stdout.splitlines()[0]
+    assert name not in caplab("runs", "--status", "failed", root=root).stdout
+    rebuilt = caplab("runs", "--rebuild", root=root)
+    assert rebuilt.returncode == 0 and name in rebuilt.stdout and "rebuilt from 1" in rebuilt.stderr
+    shown = caplab("show", name, root=root)
+    assert shown.returncode == 0 and '"n_depths": 3' in shown.stdout and "unseen_exact" in shown.stdout
+    out = tmp_path / "rep"
+    report = caplab("report", name, name, "--out", str(out), root=root)
+    assert report.returncode == 0, report.stderr
+    assert (out / "report.html").is_file() and (out / "figures" / "loss.png").is_file()
+    assert "figures/unseen_exact.png" in (out / "report.html").read_text()
+
+
+def test_recipes_lists_one_line_each():
+    result = caplab("recipes")
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and len(lines) >= 3
+    assert any(line.startswith("compositions-direct ") for line in lines)
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["run", "nope"], 2, "unknown recipe 'nope'"),
+        (["run", "demo", "--set", "train.stepz=3"], 2, "unknown key 'train.stepz'; valid: steps"),
+        (["run", "demo", "--set", "train.steps=lots"], 2, "bad value 'lots' for 'train.steps'"),
+        (["run", "demo", "--set", "model.n_heads=x"], 2, "bad value 'x' for 'model.n_heads'"),
+        (["show", "missing-run"], 1, "no run named 'missing-run'"),
+        (["resume", "missing-run"], 1, "no run named 'missing-run'"),
+        (["report", "missing-run"], 1, "no run named 'missing-run'"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, code, message):
+    result = caplab(*args, root=tmp_path if args[0] not in ("frobnicate",) else None)
+    assert result.returncode == code
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_corrupt_checkpoint_on_resume_is_one_line(tmp_path):
+    result = caplab("run", "demo", *_sets(TINY + ["train.steps=4"]), root=tmp_path)
+    run_dir = RunStore.open(result.stdout.strip().splitlines()[-1])
+    state = run_dir.path / "checkpoints/step_00000004.state.safetensors"
+    state.write_bytes(state.read_bytes()[:-10])
+    resumed = caplab("resume", run_dir.path.name, root=tmp_path)
+    assert resumed.returncode == 1 and len(resumed.stderr.strip().splitlines()) == 1
+    assert "is corrupt" in resumed.stderr
+    assert (run_dir.path / "checkpoints/step_00000004.safetensors").is_file()  # nothing saved is lost
+
+
+def test_nan_loss_exits_nonzero_and_keeps_the_last_good_checkpoint(tmp_path):
+    # a learning rate this large overflows the weights within a few steps
+    result = caplab("run", "demo", *_sets(TINY + ["train.lr=1e38", "train.warmup_steps=0", "train.grad_clip=0",
+                                                  "train.weight_decay=0"]), root=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 2  # the "training" line and the error line
+    assert "caplab: error:" in result.stderr and ("loss became" in result.stderr or "is not finite" in result.stderr)
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    store = RunStore(run_dir)
+    assert store.info()["status"] == "failed"
+    tensors, entry = store.load_weights()
+    import torch
+
+    assert all(torch.isfinite(t).all() for t in tensors.values())

@@ -1,0 +1,68 @@
+import pytest
+
+from caplab import ConfigError, load_config
+from caplab.config import apply_overrides, config_from_json, recipe_names
+
+
+def test_shipped_recipes_load_and_resolve_model_from_task():
+    assert {"demo", "compositions", "compositions-direct"} <= set(recipe_names())
+    for name in recipe_names():
+        cfg = load_config(name)
+        task = cfg.make_task()
+        assert cfg.model.d_vocab >= task.vocab_size and cfg.model.n_ctx >= task.seq_len
+    assert load_config("compositions-direct").task["format"] == "direct"
+
+
+def test_overrides_set_typed_fields():
+    cfg = load_config("demo", ["train.steps=2000", "train.seed=1", "train.batch_size=8", "model.d_model=64",
+                               "task.n_depths=4", "train.lr=3e-4", "task.permutation_depths=[0]"])
+    assert (cfg.train.steps, cfg.train.seed, cfg.train.batch_size, cfg.model.d_model) == (2000, 1, 8, 64)
+    assert cfg.task["n_depths"] == 4 and cfg.train.lr == pytest.approx(3e-4) and cfg.task["permutation_depths"] == [0]
+    assert cfg.model.d_mlp == 256  # follows d_model unless set
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.stepz=3", "unknown key 'train.stepz'; valid: steps, batch_size"),
+        ("model.width=3", "unknown key 'model.width'; valid: n_layers"),
+        ("task.depths=3", "unknown key 'task.depths'; valid: n_tokens"),
+        ("optim.lr=3", "unknown key 'optim.lr'; valid sections: task, model, train"),
+        ("train.steps=many", "bad value 'many' for 'train.steps'; expected an integer"),
+        ("train.compile=maybe", "bad value 'maybe' for 'train.compile'; expected true or false"),
+        ("task.format=diagonal", "bad value 'diagonal' for 'task.format'; valid: step_by_step, direct"),
+        ("task.name=nope", "bad value 'nope' for 'task.name'; valid: compositions"),
+        ("train.steps", "bad override 'train.steps'; expected KEY=VALUE"),
+        ("model.d_vocab=4", "model.d_vocab=4 is smaller than the task's vocabulary"),
+        ("model.n_heads=3", "not divisible"),
+        ("train.steps=0", "train.steps must be at least 1"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_config("demo", [override])
+
+
+def test_unknown_recipe_lists_choices():
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'; valid: .*demo"):
+        load_config("nope")
+
+
+def test_recipe_file_and_roundtrip(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("task:\n  name: compositions\n  n_depths: 2\n  n_train_compositions: 3\ntrain:\n  steps: 7\n")
+    cfg = load_config(str(path))
+    assert cfg.recipe == "mine" and cfg.train.steps == 7 and cfg.task["n_depths"] == 2
+    import json
+
+    again = config_from_json(json.dumps(cfg.to_dict()))
+    assert again.to_dict() == cfg.to_dict()
+    path.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(path))
+
+
+def test_apply_overrides_does_not_mutate_input():
+    data = {"train": {"steps": 1}}
+    out = apply_overrides(data, ["train.steps=2"])
+    assert data["train"]["steps"] == 1 and out["train"]["steps"] == 2

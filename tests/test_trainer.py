@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from caplab import GPT, TrainingDiverged, load_config, make_task
+from caplab.experiment import build
+from caplab.train.optim import param_groups, warmup_cosine
+from caplab.train.trainer import schedule
+from helpers import TINY
+
+
+def test_schedule_is_log_spaced_then_uniform():
+    assert schedule(1000, 250) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 250, 500, 750, 1000]
+    assert schedule(10, 4, log_spaced=False) == [0, 4, 8, 10]
+    assert schedule(3, 100) == [0, 1, 2, 3]
+
+
+def test_warmup_cosine_closed_form():
+    lr, lo, warm, total = 1e-3, 1e-4, 10, 110
+    assert warmup_cosine(0, total, lr, lo, warm) == pytest.approx(lr / 10)
+    assert warmup_cosine(9, total, lr, lo, warm) == pytest.approx(lr)
+    assert warmup_cosine(60, total, lr, lo, warm) == pytest.approx(lo + 0.5 * (1 + math.cos(math.pi * 0.5)) * (lr - lo))
+    assert warmup_cosine(110, total, lr, lo, warm) == pytest.approx(lo)
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(load_config("demo").model)
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_training_lowers_loss_and_is_deterministic():
+    cfg = load_config("demo", TINY)
+    records = []
+    for _ in range(2):
+        _, _, trainer = build(cfg)
+        records.append(trainer.fit())
+    first, second = records
+    assert first == {**second, "elapsed_s": first["elapsed_s"]}
+    _, _, fresh = build(cfg)
+    assert first["eval_loss"] < fresh.evaluate()["eval_loss"] - 0.3
+
+
+def test_callbacks_fire_by_name():
+    cfg = load_config("demo", TINY + ["train.steps=5"])
+    _, _, trainer = build(cfg)
+    seen = []
+    trainer.add_callback("on_step_end", lambda t, loss: seen.append(("step", t.step)))
+    trainer.add_callback("on_eval", lambda t, record: seen.append(("eval", record["step"])))
+    trainer.fit()
+    assert [s for kind, s in seen if kind == "step"] == [1, 2, 3, 4, 5]
+    assert [s for kind, s in seen if kind == "eval"] == [0, 1, 2, 4, 5]
+    with pytest.raises(ValueError, match="unknown event"):
+        trainer.add_callback("on_lunch", print)
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    cfg = load_config("demo", TINY)
+    _, model, trainer = build(cfg)
+
+    def poison(t, loss):
+        if t.step == 3:
+            with torch.no_grad():
+                model.ln_final.weight.fill_(float("nan"))
+
+    trainer.add_callback("on_step_end", poison)
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 3"):
+        trainer.fit()
+
+
+def test_make_task_overrides():
+    task = make_task("compositions", n_depths=2, n_functions=1, n_train_compositions=2)
+    assert len(task.inorder) == 4

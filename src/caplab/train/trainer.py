@@ -43,6 +43,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     seed: int = 0  # model init and data order
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: bool = False  # torch.compile the training forward
     eval_every: int = 250  # evaluations at 0, 1, 2, 4, ... < eval_every, then every eval_every
     checkpoint_every: int = 500  # checkpoints on the same kind of schedule
@@ -120,8 +121,9 @@ class Trainer:
             fn(self, **info)
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        precision = self.cfg.precision
+        if precision == "bf16" or (precision == "auto" and self.device.type == "cuda"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def lr_at(self, step: int) -> float:

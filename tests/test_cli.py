@@ -97,3 +97,17 @@ def test_nan_loss_exits_nonzero_and_keeps_the_last_good_checkpoint(tmp_path):
     import torch
 
     assert all(torch.isfinite(t).all() for t in tensors.values())
+
+
+def test_demo_trains_both_formats_on_one_split_and_prints_the_table(tmp_path):
+    result = caplab("demo", *_sets(TINY), root=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "step_by_step" in out and "direct" in out and "report:" in out
+    report = out.strip().splitlines()[-1].split("report: ")[1]
+    assert report.endswith("report.html") and (tmp_path / "reports").is_dir()
+    runs = sorted(p for p in tmp_path.iterdir() if (p / "run.json").is_file())
+    formats = sorted(json.loads((p / "config.json").read_text())["task"]["format"] for p in runs)
+    assert formats == ["direct", "step_by_step"]
+    splits = {json.dumps(json.loads((p / "task.json").read_text())["train_compositions"]) for p in runs}
+    assert len(splits) == 1  # the same training compositions for both formats

@@ -25,7 +25,7 @@ def test_resume_after_sigkill_gives_exactly_the_uninterrupted_metrics(tmp_path):
     root = tmp_path / "killed"
     env = {**os.environ, "PYTHONWARNINGS": "error"}
     proc = subprocess.Popen([sys.executable, "-m", "caplab.cli", "run", "demo", *_set_args(), "--root", str(root)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     killed_at = None
     while time.time() < deadline and proc.poll() is None:

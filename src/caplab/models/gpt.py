@@ -206,7 +206,10 @@ class GPT(HookedModule):
         B, T = prompt.shape
         if T + max_new_tokens - 1 > self.cfg.n_ctx:  # the last new token is never fed back
             raise ValueError(f"prompt {T} + {max_new_tokens} new tokens exceeds n_ctx={self.cfg.n_ctx}")
-        cache = KVCache(self.cfg, B, prompt.device, self.embed.weight.dtype)
+        dtype = self.embed.weight.dtype
+        if torch.is_autocast_enabled(prompt.device.type):  # keys/values come out in the autocast dtype
+            dtype = torch.get_autocast_dtype(prompt.device.type)
+        cache = KVCache(self.cfg, B, prompt.device, dtype)
         out = torch.empty(B, T + max_new_tokens, dtype=prompt.dtype, device=prompt.device)
         out[:, :T] = prompt
         logits = self(prompt, cache)

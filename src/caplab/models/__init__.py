@@ -1,0 +1,1 @@
+"""Models: plain nn.Modules with TransformerLens-named hook points."""

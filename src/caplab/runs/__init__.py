@@ -1,0 +1,1 @@
+"""Runs: the run directory, the SQLite catalog and reports."""

@@ -1,0 +1,166 @@
+"""An SQLite index of runs, configs and metrics, for queries across runs.
+
+The run directories stay the source of truth; `Catalog.rebuild` recreates the
+database from them. WAL mode plus a busy timeout lets several processes write
+at once without losing rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Iterable, Optional
+
+from caplab.runs.store import RunStore, runs_root
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    recipe TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL,
+    path TEXT NOT NULL,
+    config TEXT NOT NULL,
+    summary TEXT NOT NULL DEFAULT '{}',
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, step, name)
+);
+CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (name, run_id);
+"""
+
+CATALOG_FILE = "catalog.sqlite"
+
+
+class Catalog:
+    """The run catalog at `<runs root>/catalog.sqlite`."""
+
+    def __init__(self, root: Optional[Path] = None) -> None:
+        self.root = Path(root) if root is not None else runs_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / CATALOG_FILE
+        with self._connect() as db:
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=60000")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return _Closing(db)
+
+    # ------------------------------------------------------------ writing
+
+    def upsert_run(self, store: RunStore) -> None:
+        info = store.info()
+        config = store.config_dict() if (store.path / "config.json").is_file() else {}
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT OR REPLACE INTO runs (run_id, recipe, status, created, updated, path, config, summary, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (info["run_id"], info["recipe"], info["status"], info["created"], info["updated"],
+                 str(store.path.resolve()), json.dumps(config), json.dumps(store.summary()), info.get("error")),
+            )
+            db.execute("COMMIT")
+
+    def add_metrics(self, run_id: str, records: Iterable[dict]) -> None:
+        rows = [
+            (run_id, int(r["step"]), int(r.get("tokens", 0)), name, float(value))
+            for r in records
+            for name, value in r.items()
+            if name not in ("step", "tokens") and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+
+    def forget_metrics_after(self, run_id: str, step: int) -> None:
+        with self._connect() as db:
+            db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
+
+    def rebuild(self) -> int:
+        """Recreate the catalog from the run directories; return the number of runs."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM metrics")
+            db.execute("DELETE FROM runs")
+            db.execute("COMMIT")
+        count = 0
+        for run_json in sorted(self.root.glob("*/run.json")):
+            store = RunStore(run_json.parent)
+            self.upsert_run(store)
+            self.add_metrics(store.run_id, store.metrics())
+            count += 1
+        return count
+
+    # ------------------------------------------------------------ reading
+
+    def runs(self, recipe: Optional[str] = None, status: Optional[str] = None) -> list[dict]:
+        query, args = "SELECT run_id, recipe, status, created, updated, path, summary, error FROM runs WHERE 1=1", []
+        if recipe:
+            query, args = query + " AND recipe = ?", args + [recipe]
+        if status:
+            query, args = query + " AND status = ?", args + [status]
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(query + " ORDER BY created, run_id", args).fetchall()
+        return [{**dict(r), "summary": json.loads(r["summary"])} for r in rows]
+
+    def metric_rows(self, run_ids: Optional[list[str]] = None) -> list[tuple]:
+        query = "SELECT m.run_id, r.recipe, m.step, m.tokens, m.name, m.value FROM metrics m JOIN runs r USING (run_id)"
+        args: list = []
+        if run_ids is not None:
+            query += f" WHERE m.run_id IN ({', '.join('?' * len(run_ids))})"
+            args = list(run_ids)
+        with self._connect() as db:
+            return db.execute(query + " ORDER BY m.run_id, m.step", args).fetchall()
+
+
+class _Closing:
+    """sqlite3 connection usable in `with`, closed (not just committed) on exit."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def __setattr__(self, name, value):
+        if name == "db":
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.db, name, value)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is not None and self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self.db.close()
+
+
+def metrics_frame(run_ids: Optional[list[str]] = None, recipe: Optional[str] = None, root: Optional[Path] = None):
+    """Metrics of many runs as a pandas DataFrame: one row per (run, evaluation), one column per metric."""
+    import pandas as pd
+
+    catalog = Catalog(root)
+    if recipe is not None:
+        wanted = [r["run_id"] for r in catalog.runs(recipe=recipe)]
+        run_ids = wanted if run_ids is None else [r for r in run_ids if r in wanted]
+    long = pd.DataFrame(catalog.metric_rows(run_ids), columns=["run_id", "recipe", "step", "tokens", "metric", "value"])
+    if long.empty:
+        return pd.DataFrame(columns=["run_id", "recipe", "step", "tokens"])
+    wide = long.pivot_table(index=["run_id", "recipe", "step", "tokens"], columns="metric", values="value", aggfunc="last")
+    wide.columns.name = None
+    return wide.reset_index()

@@ -168,3 +168,14 @@ def test_decode_names_tokens():
     doc = task.documents(task.train_compositions[:1], torch.zeros(1, 5, dtype=torch.long))[0]
     text = task.decode(doc)
     assert text.startswith("S T0_") and " | X" in text
+
+
+def test_displaced_metrics_and_eval_sampling_with_an_oracle():
+    task = make_task("compositions", **SMALL, split="base_combo", eval_displaced=20, eval_compositions=5)
+    sets = task.eval_sets()
+    assert len(sets["unseen"]) == 5 and len(sets["displaced"]) == 20
+    seen = {tuple(c) for c in task.train_compositions.tolist()}
+    only_seen = task.evaluate(Oracle(task, seen), "cpu")
+    assert only_seen["seen_exact"] == 1.0 and only_seen["displaced_exact"] == 0.0 and only_seen["unseen_exact"] == 0.0
+    everything = seen | {tuple(c) for c in sets["unseen"].tolist()} | {tuple(c) for c in sets["displaced"].tolist()}
+    assert task.evaluate(Oracle(task, everything), "cpu")["displaced_exact"] == 1.0

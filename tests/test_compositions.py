@@ -23,6 +23,10 @@ def test_bijections_are_invertible_and_identity_is_identity():
     for d in range(3):
         g = task.function_id(d, 0)
         assert torch.equal(task.token_maps[g], torch.arange(6)) and torch.equal(task.position_perms[g], torch.arange(5))
+    for d in range(3):  # non-identity functions differ from the identity and from each other
+        rows = {tuple(task.token_maps[task.function_id(d, i)].tolist()) + tuple(task.position_perms[task.function_id(d, i)].tolist())
+                for i in range(3)}
+        assert len(rows) == 3
     # depth 1 permutes positions only; the others map tokens only
     for i in (1, 2):
         assert torch.equal(task.token_maps[task.function_id(1, i)], torch.arange(6))

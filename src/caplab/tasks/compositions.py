@@ -30,6 +30,7 @@ candidates are the identity or any of the `n_functions` non-identity functions.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -93,12 +94,15 @@ class Compositions(Task):
         token_maps = np.tile(np.arange(V), (n_funcs, 1))  # (G, V): identity unless a bijection
         position_perms = np.tile(np.arange(L), (n_funcs, 1))  # (G, L): identity unless a permutation
         for d in range(D):
+            table, size = (position_perms, L) if d in cfg.permutation_depths else (token_maps, V)
+            drawn = [tuple(range(size))]  # the identity
             for i in range(1, F + 1):
-                g = self.function_id(d, i)
-                if d in cfg.permutation_depths:
-                    position_perms[g] = rng.permutation(L)
-                else:
-                    token_maps[g] = rng.permutation(V)
+                perm = rng.permutation(size)
+                # not the identity nor a repeat of its depth's others, while unused ones remain
+                while tuple(perm) in drawn and len(set(drawn)) < math.factorial(size):
+                    perm = rng.permutation(size)
+                drawn.append(tuple(perm))
+                table[self.function_id(d, i)] = perm
         self.token_maps = torch.from_numpy(token_maps)
         self.position_perms = torch.from_numpy(position_perms)
 

@@ -7,10 +7,11 @@ at once without losing rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from caplab.runs.store import RunStore, runs_root
 
@@ -50,12 +51,21 @@ class Catalog:
         with self._connect() as db:
             db.executescript(SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A short-lived connection in autocommit mode; rolled back and closed on any error."""
         db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=60000")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return _Closing(db)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=60000")
+            db.execute("PRAGMA synchronous=NORMAL")
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
 
     # ------------------------------------------------------------ writing
 
@@ -124,30 +134,6 @@ class Catalog:
             args = list(run_ids)
         with self._connect() as db:
             return db.execute(query + " ORDER BY m.run_id, m.step", args).fetchall()
-
-
-class _Closing:
-    """sqlite3 connection usable in `with`, closed (not just committed) on exit."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __getattr__(self, name):
-        return getattr(self.db, name)
-
-    def __setattr__(self, name, value):
-        if name == "db":
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.db, name, value)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *rest):
-        if exc_type is not None and self.db.in_transaction:
-            self.db.execute("ROLLBACK")
-        self.db.close()
 
 
 def metrics_frame(run_ids: Optional[list[str]] = None, recipe: Optional[str] = None, root: Optional[Path] = None):

@@ -64,11 +64,11 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
     paths = []
 
     fig, ax = _axes("loss", "cross-entropy (nats/token)")
-    for label, records in runs:
+    for i, (label, records) in enumerate(runs):
         for key, style in (("train_loss", ":"), ("eval_loss", "-")):
             x, y = _series(records, key)
             if x:
-                ax.plot(x, y, style, marker=".", label=f"{label} {key}")
+                ax.plot(x, y, style, color=f"C{i}", marker=".", label=f"{label} {key}")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     paths.append(figures / "loss.png")

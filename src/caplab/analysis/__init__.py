@@ -1,0 +1,1 @@
+"""Instruments: pure functions over models, curves and runs that return numbers."""

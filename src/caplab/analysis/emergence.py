@@ -1,0 +1,137 @@
+"""Locating sudden transitions in capability curves.
+
+Two estimators of a curve's emergence point, both in log-steps (emergence is
+judged on the log-step axis the figures use):
+
+- `sigmoid_midpoint`: least-squares fit of  y = lo + (hi - lo) * sigmoid((ln s - mu) / w);
+  the emergence point is e^mu. For fixed (mu, w) the fit is linear in (lo, hi),
+  so it is solved exactly on a grid of (mu, w) and refined; no optimiser, no
+  starting point to tune.
+- `threshold_crossing`: the first step at which the curve reaches a level,
+  interpolated linearly in log-step. Model-free.
+
+`bootstrap` turns either into a point estimate with a confidence interval over
+seeds; `emergence_order` sorts capabilities by when they emerge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class SigmoidFit:
+    midpoint: float  # step at the sigmoid's centre, e^mu
+    width: float  # w, in natural-log steps
+    low: float
+    high: float
+    rmse: float
+
+
+def _positive(steps, values) -> tuple[np.ndarray, np.ndarray]:
+    steps, values = np.asarray(steps, float), np.asarray(values, float)
+    keep = (steps > 0) & np.isfinite(values)
+    return np.log(steps[keep]), values[keep]
+
+
+def _grid_fit(x: np.ndarray, y: np.ndarray, mus: np.ndarray, widths: np.ndarray):
+    """Best (sse, mu, w, lo, hi) over the grid, with (lo, hi) solved in closed form and hi >= lo."""
+    mu, w = np.meshgrid(mus, widths, indexing="ij")
+    g = 1.0 / (1.0 + np.exp(-(x[None, None, :] - mu[..., None]) / w[..., None]))  # (n_mu, n_w, n)
+    g_mean, y_mean = g.mean(-1), y.mean()
+    g_var = ((g - g_mean[..., None]) ** 2).mean(-1)
+    slope = ((g - g_mean[..., None]) * (y - y_mean)).mean(-1) / np.maximum(g_var, 1e-12)
+    slope = np.maximum(slope, 0.0)  # emergence curves rise
+    intercept = y_mean - slope * g_mean
+    sse = ((y - intercept[..., None] - slope[..., None] * g) ** 2).sum(-1)
+    i, j = np.unravel_index(np.argmin(sse), sse.shape)
+    return sse[i, j], mu[i, j], w[i, j], intercept[i, j], intercept[i, j] + slope[i, j]
+
+
+def sigmoid_fit(steps, values) -> SigmoidFit:
+    """Fit a rising sigmoid in log-steps to a capability curve (points at step 0 are ignored).
+
+    Arguments:
+        steps: (n,) training steps (or tokens).
+        values: (n,) metric values.
+    """
+    x, y = _positive(steps, values)
+    if len(x) < 4:
+        raise ValueError("a sigmoid fit needs at least 4 points at positive steps")
+    span = x.max() - x.min()
+    mus = np.linspace(x.min() - 0.1 * span, x.max() + 0.1 * span, 121)
+    widths = np.geomspace(span / 400, span, 60)
+    sse, mu, w, lo, hi = _grid_fit(x, y, mus, widths)
+    for _ in range(3):  # refine around the best cell
+        dmu, dw = (mus[1] - mus[0]), widths[1] / widths[0]
+        mus = np.linspace(mu - dmu, mu + dmu, 41)
+        widths = np.geomspace(w / dw, w * dw, 41)
+        sse, mu, w, lo, hi = _grid_fit(x, y, mus, widths)
+    return SigmoidFit(float(np.exp(mu)), float(w), float(lo), float(hi), float(np.sqrt(sse / len(x))))
+
+
+def sigmoid_midpoint(steps, values) -> float:
+    """Emergence point as the midpoint of a sigmoid fit in log-steps."""
+    return sigmoid_fit(steps, values).midpoint
+
+
+def threshold_crossing(steps, values, level: float = 0.5) -> float:
+    """First step where `values` reaches `level`, interpolated in log-step; nan if it never does."""
+    x, y = _positive(steps, values)
+    above = np.nonzero(y >= level)[0]
+    if len(above) == 0:
+        return float("nan")
+    k = above[0]
+    if k == 0:
+        return float(np.exp(x[0]))
+    t = (level - y[k - 1]) / (y[k] - y[k - 1])
+    return float(np.exp(x[k - 1] + t * (x[k] - x[k - 1])))
+
+
+@dataclass
+class Estimate:
+    value: float
+    low: float
+    high: float
+    n_seeds: int
+
+
+def bootstrap(
+    steps, curves, estimator: Callable[[np.ndarray, np.ndarray], float] = sigmoid_midpoint,
+    n_boot: int = 1000, confidence: float = 0.95, seed: int = 0,
+) -> Estimate:
+    """Emergence point of the seed-mean curve, with a percentile bootstrap interval over seeds.
+
+    Arguments:
+        steps: (n,) common evaluation steps.
+        curves: (n_seeds, n) one curve per seed.
+        estimator: maps (steps, curve) to a step, e.g. `sigmoid_midpoint` or
+            `lambda s, v: threshold_crossing(s, v, 0.5)`.
+    """
+    steps, curves = np.asarray(steps, float), np.atleast_2d(np.asarray(curves, float))
+    value = estimator(steps, curves.mean(0))
+    n_seeds = len(curves)
+    if n_seeds < 2:
+        return Estimate(value, value, value, n_seeds)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(n_seeds, size=(n_boot, n_seeds))
+    samples = np.array([estimator(steps, curves[p].mean(0)) for p in picks])
+    samples = samples[np.isfinite(samples)]
+    if len(samples) == 0:
+        return Estimate(value, float("nan"), float("nan"), n_seeds)
+    # intervals in log-step, where the estimators live
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.exp(np.percentile(np.log(samples), [tail, 100 - tail]))
+    return Estimate(value, float(low), float(high), n_seeds)
+
+
+def emergence_order(curves: dict[str, tuple], estimator: Callable = sigmoid_midpoint) -> list[tuple[str, float]]:
+    """Capabilities sorted by emergence point: `{name: (steps, values)}` -> [(name, step), ...].
+
+    Curves that never emerge (nan) come last.
+    """
+    points = [(name, estimator(*curve)) for name, curve in curves.items()]
+    return sorted(points, key=lambda item: (not np.isfinite(item[1]), item[1]))

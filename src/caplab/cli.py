@@ -1,4 +1,4 @@
-"""The `caplab` command line: run | demo | resume | runs | show | report | recipes."""
+"""The `caplab` command line: run | demo | sweep | resume | runs | show | report | recipes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from caplab.errors import CaplabError
+from caplab.errors import CaplabError, ConfigError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,6 +34,28 @@ def cmd_demo(args) -> None:
     from caplab.demo import run_demo
 
     run_demo(args.set, _root(args))
+
+
+def cmd_sweep(args) -> None:
+    from caplab.runs.sweep import create_sweep, open_sweep, parse_grid, run_sweep
+
+    if args.resume:
+        path = open_sweep(args.resume, _root(args))
+    elif args.recipe:
+        path = create_sweep(args.recipe, parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args))
+    else:
+        raise ConfigError("give a recipe to sweep, or --resume SWEEP")
+    print(f"caplab sweep: {path}", file=sys.stderr)
+    summary = run_sweep(path)
+    from caplab.runs.report import format_interval
+
+    for s in summary["settings"]:
+        print(f"{s['label']:<40} final {summary['metric']} {s['final_mean']:.3f} +- {s['final_std']:.3f}   "
+              f"reaches {summary['level']} at step {format_interval(s['crossing'])}")
+    if summary["scaling"]:
+        sc = summary["scaling"]
+        print(f"scaling: step ~ {sc['key']}^{sc['exponent']:.3f}  95% CI [{sc['low']:.3f}, {sc['high']:.3f}]")
+    print(path)
 
 
 def cmd_resume(args) -> None:
@@ -122,6 +144,15 @@ def make_parser() -> argparse.ArgumentParser:
     p = with_root(sub.add_parser("demo", help="step-by-step vs direct on one compositions split (CPU, minutes)"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of both runs")
     p.set_defaults(fn=cmd_demo)
+
+    p = with_root(sub.add_parser("sweep", help="a grid of overrides times seeds, one run each, with an aggregate report"))
+    p.add_argument("recipe", nargs="?", help="recipe name or .yaml path")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values of one field, e.g. task.n_train_compositions=10,25,50")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per setting (train.seed = 0..N-1)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every run")
+    p.add_argument("--metric", help="capability to locate emergence of (default: the task's primary metric)")
+    p.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep (its folder or name)")
+    p.set_defaults(fn=cmd_sweep)
 
     p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint"))
     p.add_argument("run")

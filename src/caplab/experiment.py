@@ -43,10 +43,11 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
     task, model, trainer = build(cfg, _StoreSink(store, catalog))
     if restore:
         trainer.restore(*store.load_training_state())
-        store.truncate_metrics(trainer.step)
-        catalog.forget_metrics_after(store.run_id, trainer.step)
-        if store.metrics():
-            trainer.last_record = store.metrics()[-1]
+    # records past the starting step (from a run that died) are recomputed
+    store.truncate_metrics(trainer.step if restore else -1)
+    catalog.forget_metrics_after(store.run_id, trainer.step if restore else -1)
+    if store.metrics():
+        trainer.last_record = store.metrics()[-1]
     store.set_status("running")
     catalog.upsert_run(store)
     try:
@@ -67,17 +68,33 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
     return store.path
 
 
-def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None) -> Path:
-    """Train `cfg` in a new run directory; return its path."""
-    store = RunStore.create(cfg.recipe, root)
-    store.write_json("config.json", cfg.to_dict())
-    store.write_json("task.json", cfg.make_task().describe())
+def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optional[str] = None) -> RunStore:
+    """A new run directory holding `cfg` (status "created"), catalogued; nothing trained yet."""
+    files = {"config.json": cfg.to_dict(), "task.json": cfg.make_task().describe()}
+    store = RunStore.create(cfg.recipe, root, run_id=run_id, files=files)
+    Catalog(store.path.parent).upsert_run(store)
+    return store
+
+
+def train_run(store: RunStore) -> Path:
+    """Train a run created by `create_run` from the start."""
+    cfg = config_from_json((store.path / "config.json").read_text())
     return _train(store, cfg, Catalog(store.path.parent), restore=False)
 
 
+def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None) -> Path:
+    """Train `cfg` in a new run directory; return its path."""
+    return train_run(create_run(cfg, root))
+
+
 def resume_run(name: str, root: Optional[Path] = None) -> Path:
-    """Continue run `name` from its newest checkpoint to the configured number of steps."""
+    """Continue run `name` from its newest checkpoint to the configured number of steps.
+
+    A run that died before its first checkpoint starts again from step 0.
+    """
     store = RunStore.open(name, root)
+    if not store.manifest()["checkpoints"]:
+        return train_run(store)
     cfg = config_from_json((store.path / "config.json").read_text())
     return _train(store, cfg, Catalog(store.path.parent), restore=True)
 

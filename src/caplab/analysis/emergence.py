@@ -73,9 +73,10 @@ def sigmoid_fit(steps, values) -> SigmoidFit:
     return SigmoidFit(float(np.exp(mu)), float(w), float(lo), float(hi), float(np.sqrt(sse / len(x))))
 
 
-def sigmoid_midpoint(steps, values) -> float:
-    """Emergence point as the midpoint of a sigmoid fit in log-steps."""
-    return sigmoid_fit(steps, values).midpoint
+def sigmoid_midpoint(steps, values, min_rise: float = 0.05) -> float:
+    """Emergence point as the midpoint of a sigmoid fit in log-steps; nan if the fit rises less than `min_rise`."""
+    fit = sigmoid_fit(steps, values)
+    return fit.midpoint if fit.high - fit.low >= min_rise else float("nan")
 
 
 def threshold_crossing(steps, values, level: float = 0.5) -> float:

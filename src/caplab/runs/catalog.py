@@ -107,6 +107,8 @@ class Catalog:
             db.execute("COMMIT")
         count = 0
         for run_json in sorted(self.root.glob("*/run.json")):
+            if run_json.parent.name.startswith("."):
+                continue  # a run directory still being assembled (or left by a crash)
             store = RunStore(run_json.parent)
             self.upsert_run(store)
             self.add_metrics(store.run_id, store.metrics())

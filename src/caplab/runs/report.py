@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -123,3 +124,79 @@ def write_report(stores: list[RunStore], out_dir: Path) -> Path:
     report = out_dir / "report.html"
     atomic_write_bytes(report, "\n".join(parts).encode())
     return report
+
+
+def write_sweep_report(path: Path, summary: dict) -> Path:
+    """Figures (curves per setting, emergence points and scaling fit) and report.html for a sweep."""
+    from caplab.runs.sweep import curves_by_setting
+
+    path = Path(path)
+    figures = path / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    metric = summary["metric"]
+    groups = curves_by_setting(path)
+
+    fig, ax = _axes(f"{metric}: mean over seeds per setting (band: min-max)", metric)
+    for i, (label, group) in enumerate(groups.items()):
+        steps, curves = group["steps"], group["curves"]
+        ax.plot(steps, curves.mean(0), color=f"C{i}", marker=".", label=f"{label} (n={len(curves)})")
+        ax.fill_between(steps, curves.min(0), curves.max(0), color=f"C{i}", alpha=0.15)
+    ax.axhline(summary["level"], color="grey", lw=0.8, ls="--")
+    ax.legend(fontsize=7)
+    names = ["curves.png"]
+    _save(fig, figures / names[-1])
+
+    scaling = summary.get("scaling")
+    if scaling:
+        key = scaling["key"]
+        points = [(s["setting"][key], s["crossing"]) for s in summary["settings"] if s["crossing"]["value"] is not None]
+        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+        xs = [p[0] for p in points]
+        ys = [p[1]["value"] for p in points]
+        yerr = [[y - p[1]["low"] for y, p in zip(ys, points)], [p[1]["high"] - y for y, p in zip(ys, points)]]
+        ax.errorbar(xs, ys, yerr=yerr, fmt="o", capsize=3, label="measured (95% bootstrap over seeds)")
+        if len(xs) >= 2:
+            from caplab.analysis.percolation import fit_power_law
+
+            exponent, prefactor = fit_power_law(xs, ys)
+            grid = np.geomspace(min(xs), max(xs), 50)
+            ax.plot(grid, prefactor * grid**exponent, "-",
+                    label=f"fit: exponent {scaling['exponent']:.2f} [{scaling['low']:.2f}, {scaling['high']:.2f}]")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"step where {metric} reaches {summary['level']}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        names.append("emergence_scaling.png")
+        _save(fig, figures / names[-1])
+
+    rows = []
+    for s in summary["settings"]:
+        c = s["crossing"]
+        rows.append(f"<tr><td>{html.escape(s['label'])}</td><td>{s['n_seeds']}</td><td>{s['final_mean']:.3f} +- {s['final_std']:.3f}</td>"
+                    f"<td>{format_interval(c)}</td></tr>")
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>caplab sweep</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}pre{background:#f6f6f6;padding:8px}</style>",
+             f"</head><body><h1>caplab sweep {html.escape(path.name)}</h1>",
+             f"<p>recipe {html.escape(summary['recipe'])}; metric {html.escape(metric)}; "
+             f"{summary['runs_completed']} of {summary['runs_planned']} runs completed</p>",
+             f"<table><tr><th>setting</th><th>seeds</th><th>final {html.escape(metric)}</th>"
+             f"<th>step reaching {summary['level']} [95% CI]</th></tr>", *rows, "</table>"]
+    if scaling:
+        parts.append(f"<p>scaling: step ~ {html.escape(scaling['key'])}^{scaling['exponent']:.3f} "
+                     f"(95% CI [{scaling['low']:.3f}, {scaling['high']:.3f}])</p>")
+    parts += [f"<img src='figures/{n}' alt='{n}'>" for n in names]
+    parts.append(f"<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre></body></html>")
+    report = path / "report.html"
+    atomic_write_bytes(report, "\n".join(parts).encode())
+    return report
+
+
+def format_interval(estimate: dict) -> str:
+    """'value [low, high]' of a bootstrap estimate, or 'never' when the level was not reached."""
+    if estimate["value"] is None:
+        return "never"
+    low, high = (f"{estimate[k]:.0f}" if estimate[k] is not None else "?" for k in ("low", "high"))
+    return f"{estimate['value']:.0f} [{low}, {high}]"

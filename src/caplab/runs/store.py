@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -81,17 +82,32 @@ class RunStore:
 
     # ------------------------------------------------------------ creation and lookup
 
-    @classmethod
-    def create(cls, recipe: str, root: Optional[Path] = None) -> "RunStore":
-        root = Path(root) if root is not None else runs_root()
+    @staticmethod
+    def new_run_id(recipe: str) -> str:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_id = f"{recipe}-{stamp}-{secrets.token_hex(2)}"
-        path = root / run_id
-        path.mkdir(parents=True, exist_ok=False)
-        store = cls(path)
-        atomic_write_json(path / "run.json", {"run_id": run_id, "recipe": recipe, "status": "created", "created": now(), "updated": now(), "error": None})
-        atomic_write_json(path / "manifest.json", {"checkpoints": []})
-        return store
+        return f"{recipe}-{stamp}-{secrets.token_hex(2)}"
+
+    @classmethod
+    def create(cls, recipe: str, root: Optional[Path] = None, run_id: Optional[str] = None, files: Optional[dict] = None) -> "RunStore":
+        """A new run directory with run.json, manifest.json and the given JSON `files`.
+
+        The directory is assembled under a temporary name and renamed into place,
+        so a run directory either exists whole or not at all.
+        """
+        root = Path(root) if root is not None else runs_root()
+        run_id = run_id or cls.new_run_id(recipe)
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{run_id}."))
+        try:
+            atomic_write_json(staging / "run.json", {"run_id": run_id, "recipe": recipe, "status": "created", "created": now(), "updated": now(), "error": None})
+            atomic_write_json(staging / "manifest.json", {"checkpoints": []})
+            for name, obj in (files or {}).items():
+                atomic_write_json(staging / name, obj)
+            os.rename(staging, root / run_id)  # fails if the run already exists
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cls(root / run_id)
 
     @classmethod
     def open(cls, name: str, root: Optional[Path] = None) -> "RunStore":

@@ -36,6 +36,7 @@ class Task:
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    primary_metric: ClassVar[str] = "eval_loss"  # the capability sweeps track by default
 
     vocab_size: int
     seq_len: int  # length of `tokens` in a batch

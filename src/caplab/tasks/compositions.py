@@ -74,6 +74,7 @@ class Compositions(Task):
 
     name = "compositions"
     Config = CompositionsConfig
+    primary_metric = "unseen_exact"
 
     def __init__(self, cfg: CompositionsConfig | None = None) -> None:
         self.cfg = cfg = cfg or CompositionsConfig()

@@ -1,0 +1,199 @@
+"""Sweeps: every combination of a grid of overrides times seeds, one catalogued run each.
+
+    <runs root>/sweeps/<sweep_id>/
+        sweep.json     recipe, grid, seeds, overrides, and one entry per planned run (with its run id once created)
+        summary.json   per setting: emergence point of the tracked metric with a bootstrap interval over
+                       seeds, final value; a power-law fit of emergence point against a numeric grid key
+        figures/, report.html
+
+Runs execute in-process, one after another. `sweep.json` is rewritten
+(atomically) as soon as a run is created, so an interrupted sweep resumes
+where it stopped: finished runs are kept, a run that died is resumed from its
+last checkpoint, runs never started are started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from caplab.analysis.emergence import bootstrap, sigmoid_midpoint, threshold_crossing
+from caplab.analysis.percolation import fit_power_law
+from caplab.config import load_config
+from caplab.errors import ConfigError, RunNotFound
+from caplab.experiment import create_run, resume_run, train_run
+from caplab.runs.store import RunStore, atomic_write_json, read_json, runs_root
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """`["task.n_depths=3,4,5"]` -> `{"task.n_depths": [3, 4, 5]}` (values read as YAML)."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not raw:
+            raise ConfigError(f"bad grid {item!r}; expected KEY=V1,V2,..., e.g. task.n_train_compositions=10,25,50")
+        grid[key] = [yaml.safe_load(v) for v in raw.split(",")]
+    return grid
+
+
+def _setting_overrides(setting: dict) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in setting.items()]
+
+
+def plan(grid: dict[str, list], seeds: int) -> list[dict]:
+    """One entry per (grid combination, seed); seed s sets train.seed=s."""
+    keys = list(grid)
+    entries = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        setting = dict(zip(keys, values))
+        for seed in range(seeds):
+            entries.append({"setting": setting, "seed": seed, "run_id": None})
+    return entries
+
+
+def _entry_overrides(sweep: dict, entry: dict) -> list[str]:
+    return [*sweep["overrides"], *_setting_overrides(entry["setting"]), f"train.seed={entry['seed']}"]
+
+
+def create_sweep(recipe: str, grid: dict[str, list], seeds: int, overrides: list[str] = (),
+                 metric: Optional[str] = None, root: Optional[Path] = None) -> Path:
+    """Validate every planned config, then write the sweep folder; return it."""
+    if seeds < 1:
+        raise ConfigError(f"bad value {seeds} for '--seeds'; expected at least 1")
+    sweep = {"recipe": recipe, "grid": grid, "seeds": seeds, "overrides": list(overrides), "metric": metric}
+    sweep["runs"] = plan(grid, seeds)
+    configs = [load_config(recipe, _entry_overrides(sweep, e)) for e in sweep["runs"]]  # fail early, exit 2
+    if metric is None:
+        sweep["metric"] = configs[0].make_task().primary_metric
+    root = Path(root) if root is not None else runs_root()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / "sweeps" / f"{Path(recipe).stem}-{stamp}-{secrets.token_hex(2)}"
+    path.mkdir(parents=True)
+    atomic_write_json(path / "sweep.json", sweep)
+    return path
+
+
+def open_sweep(name: str, root: Optional[Path] = None) -> Path:
+    root = Path(root) if root is not None else runs_root()
+    for candidate in (Path(name), root / "sweeps" / name):
+        if (candidate / "sweep.json").is_file():
+            return candidate
+    raise RunNotFound(f"no sweep named {name!r} under {root / 'sweeps'}")
+
+
+def run_sweep(path: Path) -> dict:
+    """Run (or continue) every planned run of the sweep at `path`; return the aggregate summary."""
+    path = Path(path)
+    sweep = read_json(path / "sweep.json")
+    runs_dir = path.parent.parent
+    for i, entry in enumerate(sweep["runs"]):
+        label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
+        cfg = load_config(sweep["recipe"], _entry_overrides(sweep, entry))
+        if entry["run_id"] is None:  # reserve the id first, so a crash never leaves an unlisted run
+            entry["run_id"] = RunStore.new_run_id(cfg.recipe)
+            atomic_write_json(path / "sweep.json", sweep)
+        run_dir = runs_dir / entry["run_id"]
+        if not (run_dir / "run.json").is_file():
+            print(f"caplab sweep: {label}: {entry['run_id']}", file=sys.stderr)
+            train_run(create_run(cfg, runs_dir, run_id=entry["run_id"]))
+        elif RunStore(run_dir).info()["status"] != "completed":
+            print(f"caplab sweep: {label}: resuming {entry['run_id']}", file=sys.stderr)
+            resume_run(entry["run_id"], runs_dir)
+    summary = aggregate(path)
+    from caplab.runs.report import write_sweep_report
+
+    write_sweep_report(path, summary)
+    return summary
+
+
+def _setting_key(setting: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in setting.items()) or "default"
+
+
+def curves_by_setting(path: Path) -> dict[str, dict]:
+    """{setting label: {"setting", "steps", "curves" (n_seeds, n_steps), "run_ids"}} for the tracked metric."""
+    sweep = read_json(Path(path) / "sweep.json")
+    runs_dir = Path(path).parent.parent
+    groups: dict[str, dict] = {}
+    for entry in sweep["runs"]:
+        if entry["run_id"] is None:
+            continue
+        store = RunStore(runs_dir / entry["run_id"])
+        if store.info()["status"] != "completed":
+            continue
+        records = store.metrics()
+        group = groups.setdefault(_setting_key(entry["setting"]), {"setting": entry["setting"], "runs": []})
+        group["runs"].append((entry["run_id"], [r["step"] for r in records], [r.get(sweep["metric"], np.nan) for r in records]))
+    for group in groups.values():
+        steps = group["runs"][0][1]
+        group["steps"] = np.array(steps, float)
+        group["curves"] = np.array([values for _, s, values in group["runs"] if s == steps], float)
+        group["run_ids"] = [run_id for run_id, _, _ in group["runs"]]
+        del group["runs"]
+    return groups
+
+
+def aggregate(path: Path, level: float = 0.5) -> dict:
+    """Per-setting emergence points (threshold crossing at `level`, sigmoid midpoint) and the scaling fit."""
+    path = Path(path)
+    sweep = read_json(path / "sweep.json")
+    groups = curves_by_setting(path)
+    settings = []
+    for label, group in groups.items():
+        steps, curves = group["steps"], group["curves"]
+        crossing = bootstrap(steps, curves, lambda s, v: threshold_crossing(s, v, level), n_boot=500)
+        try:
+            midpoint = bootstrap(steps, curves, sigmoid_midpoint, n_boot=200).__dict__
+        except ValueError:
+            midpoint = None
+        settings.append({
+            "setting": group["setting"], "label": label, "run_ids": group["run_ids"], "n_seeds": len(curves),
+            "final_mean": float(np.nanmean(curves[:, -1])), "final_std": float(np.nanstd(curves[:, -1])),
+            "crossing": crossing.__dict__, "sigmoid_midpoint": midpoint,
+        })
+    for s in settings:  # strict JSON: no NaN
+        for key in ("crossing", "sigmoid_midpoint"):
+            if s[key] is not None:
+                s[key] = {k: (v if v == v else None) for k, v in s[key].items()}
+    summary = {"recipe": sweep["recipe"], "metric": sweep["metric"], "level": level,
+               "runs_planned": len(sweep["runs"]), "runs_completed": sum(s["n_seeds"] for s in settings),
+               "settings": settings, "scaling": _scaling_fit(sweep, groups, level)}
+    atomic_write_json(path / "summary.json", summary)
+    return summary
+
+
+def _scaling_fit(sweep: dict, groups: dict, level: float, n_boot: int = 500) -> Optional[dict]:
+    """Power law of the emergence step against the one numeric grid key, with a bootstrap interval over seeds."""
+    numeric = [k for k, values in sweep["grid"].items() if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)]
+    if len(sweep["grid"]) != 1 or len(numeric) != 1 or len(groups) < 3:
+        return None
+    key = numeric[0]
+    xs, group_list = [], []
+    for group in groups.values():
+        xs.append(float(group["setting"][key]))
+        group_list.append(group)
+
+    def fit(curve_sets) -> float:
+        points = [threshold_crossing(g["steps"], c.mean(0), level) for g, c in zip(group_list, curve_sets)]
+        ok = [(x, p) for x, p in zip(xs, points) if np.isfinite(p) and x > 0]
+        return fit_power_law(*zip(*ok))[0] if len(ok) >= 3 else float("nan")
+
+    exponent = fit([g["curves"] for g in group_list])
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(n_boot):
+        resampled = [g["curves"][rng.integers(len(g["curves"]), size=len(g["curves"]))] for g in group_list]
+        samples.append(fit(resampled))
+    samples = np.array([s for s in samples if np.isfinite(s)])
+    if not np.isfinite(exponent) or len(samples) == 0:
+        return None  # fewer than 3 settings reached the level
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return {"key": key, "exponent": exponent, "low": float(low), "high": float(high)}

@@ -1,0 +1,106 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from caplab import ConfigError, RunStore
+from caplab.runs.store import atomic_write_json
+from caplab.runs.sweep import aggregate, create_sweep, parse_grid, plan
+from helpers import TINY, caplab
+
+TINY_SWEEP = [arg for item in TINY + ["train.steps=40", "train.eval_every=10", "train.checkpoint_every=10"]
+              for arg in ("--set", item)]
+
+
+def test_parse_grid_and_plan():
+    grid = parse_grid(["task.n_depths=2,3", "model.d_model=16,32,64"])
+    assert grid == {"task.n_depths": [2, 3], "model.d_model": [16, 32, 64]}
+    entries = plan(grid, seeds=2)
+    assert len(entries) == 12 and {e["seed"] for e in entries} == {0, 1}
+    assert len({json.dumps(e["setting"], sort_keys=True) for e in entries}) == 6
+    with pytest.raises(ConfigError, match="bad grid"):
+        parse_grid(["task.n_depths"])
+
+
+def test_every_planned_config_is_validated_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'task.n_depthz'"):
+        create_sweep("demo", parse_grid(["task.n_depthz=2,3"]), 1, root=tmp_path)
+    with pytest.raises(ConfigError, match="bad value 'x' for 'model.d_model'"):
+        create_sweep("demo", parse_grid(["model.d_model=32,x"]), 1, root=tmp_path)
+    assert not (tmp_path / "sweeps").exists()
+
+
+def _sigmoid(steps, midpoint):
+    x = np.log(np.maximum(steps, 1e-9))
+    return 1 / (1 + np.exp(-(x - np.log(midpoint)) / 0.3))
+
+
+def test_aggregate_recovers_a_known_power_law(tmp_path):
+    """Synthetic runs whose emergence step is 10 * x^0.5: the fitted exponent is 0.5."""
+    steps = np.unique(np.concatenate([[0], np.geomspace(1, 20_000, 60).round()]))
+    rng = np.random.default_rng(0)
+    sweep = {"recipe": "synthetic", "grid": {"task.size": [4, 16, 64, 256]}, "seeds": 3, "overrides": [],
+             "metric": "acc", "runs": []}
+    for size in sweep["grid"]["task.size"]:
+        for seed in range(3):
+            store = RunStore.create("synthetic", tmp_path)
+            midpoint = 10 * size**0.5 * np.exp(rng.normal(0, 0.05))
+            for step, value in zip(steps, _sigmoid(steps, midpoint)):
+                store.log_metrics({"step": int(step), "tokens": int(step), "acc": float(value)})
+            store.set_status("completed")
+            sweep["runs"].append({"setting": {"task.size": size}, "seed": seed, "run_id": store.path.name})
+    path = tmp_path / "sweeps" / "synthetic"
+    path.mkdir(parents=True)
+    atomic_write_json(path / "sweep.json", sweep)
+    summary = aggregate(path)
+    assert summary["runs_completed"] == 12
+    crossings = [s["crossing"]["value"] for s in summary["settings"]]
+    assert crossings == pytest.approx([20, 40, 80, 160], rel=0.1)
+    scaling = summary["scaling"]
+    assert scaling["key"] == "task.size" and scaling["exponent"] == pytest.approx(0.5, abs=0.03)
+    assert scaling["low"] <= 0.5 <= scaling["high"]
+    json.loads((path / "summary.json").read_text())  # strict JSON (no NaN)
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
+    args = [sys.executable, "-m", "caplab.cli", "sweep", "demo", "--grid", "task.n_train_compositions=4,8",
+            "--seeds", "2", *TINY_SWEEP, "--root", str(tmp_path)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONWARNINGS": "error"})
+    deadline, killed = time.time() + 120, False
+    while time.time() < deadline and proc.poll() is None:
+        files = list(tmp_path.glob("sweeps/*/sweep.json"))
+        if files:
+            try:
+                entries = json.loads(files[0].read_text())["runs"]
+            except (json.JSONDecodeError, OSError):
+                entries = []
+            if len(entries) > 1 and entries[1]["run_id"] is not None:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.01)
+    proc.wait(30)
+    assert killed, "the sweep ended before it could be interrupted"
+    (sweep_dir,) = tmp_path.glob("sweeps/*")
+    first = json.loads((sweep_dir / "sweep.json").read_text())["runs"][0]["run_id"]
+    first_metrics = RunStore(tmp_path / first).metrics()
+
+    result = caplab("sweep", "--resume", sweep_dir.name, root=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    run_ids = [e["run_id"] for e in sweep["runs"]]
+    assert run_ids[0] == first and None not in run_ids and len(set(run_ids)) == 4
+    assert sorted(p.name for p in tmp_path.iterdir() if (p / "run.json").is_file()) == sorted(run_ids)  # nothing run twice
+    assert all(RunStore(tmp_path / r).info()["status"] == "completed" for r in run_ids)
+    assert RunStore(tmp_path / first).metrics() == first_metrics  # finished work kept as it was
+    summary = json.loads((sweep_dir / "summary.json").read_text())
+    assert summary["runs_completed"] == 4 and len(summary["settings"]) == 2
+    assert (sweep_dir / "report.html").is_file() and (sweep_dir / "figures" / "curves.png").is_file()
+    assert result.stdout.strip().splitlines()[-1] == str(sweep_dir)

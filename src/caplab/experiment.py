@@ -44,8 +44,9 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
     if restore:
         trainer.restore(*store.load_training_state())
     # records past the starting step (from a run that died) are recomputed
-    store.truncate_metrics(trainer.step if restore else -1)
-    catalog.forget_metrics_after(store.run_id, trainer.step if restore else -1)
+    keep_until = trainer.step if restore else -1
+    store.truncate_metrics(keep_until)
+    catalog.forget_metrics_after(store.run_id, keep_until)
     if store.metrics():
         trainer.last_record = store.metrics()[-1]
     store.set_status("running")

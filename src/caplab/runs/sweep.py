@@ -6,18 +6,16 @@
                        seeds, final value; a power-law fit of emergence point against a numeric grid key
         figures/, report.html
 
-Runs execute in-process, one after another. `sweep.json` is rewritten
-(atomically) as soon as a run is created, so an interrupted sweep resumes
-where it stopped: finished runs are kept, a run that died is resumed from its
+Runs execute in-process, one after another. Each run's id is written to
+`sweep.json` (atomically) before the run is created, so an interrupted sweep
+resumes where it stopped: finished runs are kept, a run that died is resumed from its
 last checkpoint, runs never started are started.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
-import secrets
 import sys
 from pathlib import Path
 from typing import Optional
@@ -74,8 +72,7 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: int, overrides: list
     if metric is None:
         sweep["metric"] = configs[0].make_task().primary_metric
     root = Path(root) if root is not None else runs_root()
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = root / "sweeps" / f"{Path(recipe).stem}-{stamp}-{secrets.token_hex(2)}"
+    path = root / "sweeps" / RunStore.new_run_id(Path(recipe).stem)
     path.mkdir(parents=True)
     atomic_write_json(path / "sweep.json", sweep)
     return path

@@ -97,10 +97,30 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     sweep = json.loads((sweep_dir / "sweep.json").read_text())
     run_ids = [e["run_id"] for e in sweep["runs"]]
     assert run_ids[0] == first and None not in run_ids and len(set(run_ids)) == 4
-    assert sorted(p.name for p in tmp_path.iterdir() if (p / "run.json").is_file()) == sorted(run_ids)  # nothing run twice
+    runs_on_disk = [p.name for p in tmp_path.iterdir() if (p / "run.json").is_file()]
+    assert sorted(runs_on_disk) == sorted(run_ids)  # nothing run twice, no half-assembled leftovers
     assert all(RunStore(tmp_path / r).info()["status"] == "completed" for r in run_ids)
     assert RunStore(tmp_path / first).metrics() == first_metrics  # finished work kept as it was
     summary = json.loads((sweep_dir / "summary.json").read_text())
     assert summary["runs_completed"] == 4 and len(summary["settings"]) == 2
     assert (sweep_dir / "report.html").is_file() and (sweep_dir / "figures" / "curves.png").is_file()
     assert result.stdout.strip().splitlines()[-1] == str(sweep_dir)
+
+
+def test_a_reserved_but_half_created_run_is_created_afresh(tmp_path):
+    """The window a kill can hit: id reserved in sweep.json, run directory still being assembled."""
+    from caplab.runs.sweep import run_sweep
+
+    overrides = TINY + ["train.steps=4"]
+    path = create_sweep("demo", {}, 1, overrides, root=tmp_path)
+    sweep = json.loads((path / "sweep.json").read_text())
+    run_id = RunStore.new_run_id("demo")
+    sweep["runs"][0]["run_id"] = run_id
+    atomic_write_json(path / "sweep.json", sweep)
+    staging = tmp_path / f".{run_id}.abc123"
+    staging.mkdir()
+    (staging / "run.json").write_text("{}")
+    summary = run_sweep(path)
+    assert not staging.exists()
+    assert RunStore(tmp_path / run_id).info()["status"] == "completed"
+    assert summary["runs_completed"] == 1

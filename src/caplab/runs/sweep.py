@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -99,6 +100,8 @@ def run_sweep(path: Path) -> dict:
             atomic_write_json(path / "sweep.json", sweep)
         run_dir = runs_dir / entry["run_id"]
         if not (run_dir / "run.json").is_file():
+            for leftover in runs_dir.glob(f".{entry['run_id']}.*"):  # half-assembled by a killed sweep
+                shutil.rmtree(leftover, ignore_errors=True)
             print(f"caplab sweep: {label}: {entry['run_id']}", file=sys.stderr)
             train_run(create_run(cfg, runs_dir, run_id=entry["run_id"]))
         elif RunStore(run_dir).info()["status"] != "completed":

@@ -35,4 +35,4 @@ def caplab(*args: str, root=None, timeout: float = 300, env_extra=None) -> subpr
 
 
 def without_timing(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "eval_s")} for r in records]

@@ -1,12 +1,16 @@
 import pytest
 
 from caplab import ConfigError, load_config
-from caplab.config import apply_overrides, config_from_json, recipe_names
+from caplab.config import apply_overrides, config_from_json, load_percolation_config, load_recipe, recipe_kind, recipe_names
 
 
 def test_shipped_recipes_load_and_resolve_model_from_task():
     assert {"demo", "compositions", "compositions-direct"} <= set(recipe_names())
     for name in recipe_names():
+        kind = recipe_kind(load_recipe(name)[1])
+        if kind == "percolation":
+            assert load_percolation_config(name)[2].entities_per_class > 0
+            continue
         cfg = load_config(name)
         task = cfg.make_task()
         assert cfg.model.d_vocab >= task.vocab_size and cfg.model.n_ctx >= task.seq_len

@@ -21,9 +21,16 @@ def _root(args) -> Path | None:
 
 
 def cmd_run(args) -> None:
-    from caplab.config import load_config
+    from caplab.config import load_config, load_recipe, recipe_kind
     from caplab.experiment import run_experiment
 
+    kind = recipe_kind(load_recipe(args.recipe)[1])
+    if kind == "sweep":
+        from caplab.runs.sweep import create_sweep
+
+        return _run_sweep(create_sweep(args.recipe, {}, None, args.set, None, _root(args)))
+    if kind == "percolation":
+        return _run_percolation(args)
     cfg = load_config(args.recipe, args.set)
     print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
     path = run_experiment(cfg, _root(args))
@@ -36,15 +43,45 @@ def cmd_demo(args) -> None:
     run_demo(args.set, _root(args))
 
 
+def _run_percolation(args) -> None:
+    from caplab.config import load_percolation_config
+    from caplab.percolation_study import run_percolation_study
+    from caplab.runs.store import read_json
+
+    name, description, cfg = load_percolation_config(args.recipe, args.set)
+    print(f"caplab: simulating the class graph ({cfg.trials} trials per point)", file=sys.stderr)
+    path = run_percolation_study(cfg, name, description, _root(args))
+    s = read_json(path / "summary.json")
+    print(f"critical density: measured {s['critical_density_measured']:.5f} "
+          f"[{s['critical_density_interval'][0]:.5f}, {s['critical_density_interval'][1]:.5f}], "
+          f"predicted 1/sqrt(|E_c||K_c|) = {s['critical_density_predicted']:.5f}")
+    print(f"critical pairs:   measured {s['critical_pairs_measured']:.0f} "
+          f"[{s['critical_pairs_interval'][0]:.0f}, {s['critical_pairs_interval'][1]:.0f}], "
+          f"predicted sqrt(|E_c||K_c|) = {s['critical_pairs_predicted']:.0f}")
+    print(f"scaling with |K_c|: exponent {s['scaling_exponent']:.3f} "
+          f"[{s['scaling_interval'][0]:.3f}, {s['scaling_interval'][1]:.3f}], predicted {s['scaling_exponent_predicted']}")
+    print(path)
+
+
 def cmd_sweep(args) -> None:
-    from caplab.runs.sweep import create_sweep, open_sweep, parse_grid, run_sweep
+    from caplab.runs.sweep import create_sweep, open_sweep, parse_grid
 
     if args.resume:
         path = open_sweep(args.resume, _root(args))
+        if args.metric:  # finished runs are kept; only the aggregate changes
+            from caplab.runs.sweep import set_sweep_metric
+
+            set_sweep_metric(path, args.metric)
     elif args.recipe:
         path = create_sweep(args.recipe, parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args))
     else:
         raise ConfigError("give a recipe to sweep, or --resume SWEEP")
+    _run_sweep(path)
+
+
+def _run_sweep(path: Path) -> None:
+    from caplab.runs.sweep import run_sweep
+
     print(f"caplab sweep: {path}", file=sys.stderr)
     summary = run_sweep(path)
     from caplab.runs.report import format_interval
@@ -136,7 +173,7 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("--root", help="runs root (default: $CAPLAB_HOME/runs or ./runs)")
         return p
 
-    p = with_root(sub.add_parser("run", help="train a recipe"))
+    p = with_root(sub.add_parser("run", help="run a recipe: train it, or sweep / simulate when the recipe says so"))
     p.add_argument("recipe", help="a shipped recipe name (see `caplab recipes`) or a .yaml path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.steps=2000")
     p.set_defaults(fn=cmd_run)
@@ -147,8 +184,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = with_root(sub.add_parser("sweep", help="a grid of overrides times seeds, one run each, with an aggregate report"))
     p.add_argument("recipe", nargs="?", help="recipe name or .yaml path")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="values of one field, e.g. task.n_train_compositions=10,25,50")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per setting (train.seed = 0..N-1)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values of one field, e.g. task.n_train_compositions=10,25,50 (default: the recipe's sweep section)")
+    p.add_argument("--seeds", type=int, help="seeds per setting (train.seed = 0..N-1; default: the recipe's sweep section, else 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every run")
     p.add_argument("--metric", help="capability to locate emergence of (default: the task's primary metric)")
     p.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep (its folder or name)")

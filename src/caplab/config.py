@@ -82,7 +82,46 @@ def recipe_description(name: str) -> str:
     return str(load_recipe(name)[1].get("description", "")).strip().splitlines()[0]
 
 
+RECIPE_KINDS = ("train", "percolation")
+
+
+def recipe_kind(data: dict) -> str:
+    """"train" (one training run), "sweep" (a training recipe with a `sweep:` section) or "percolation"."""
+    kind = data.get("kind", "train")
+    if kind not in RECIPE_KINDS:
+        raise ConfigError(f"bad value {kind!r} for 'kind'; valid: {', '.join(RECIPE_KINDS)}")
+    return "sweep" if kind == "train" and "sweep" in data else kind
+
+
+def load_percolation_config(recipe: str, overrides: list[str] = ()):
+    """The PercolationStudyConfig of a `kind: percolation` recipe, with `percolation.KEY=VALUE` overrides."""
+    from caplab.percolation_study import PercolationStudyConfig
+
+    name, data = load_recipe(recipe)
+    if recipe_kind(data) != "percolation":
+        raise ConfigError(f"recipe {recipe!r} is not a percolation recipe")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, _, field_name = key.partition(".")
+        if not sep or section != "percolation" or not field_name:
+            raise ConfigError(f"bad override {item!r}; a percolation recipe takes percolation.KEY=VALUE")
+        data.setdefault("percolation", {})[field_name] = _parse_value(raw)
+    unknown = [k for k in data if k not in ("kind", "description", "percolation")]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, percolation")
+    cfg = build_dataclass(PercolationStudyConfig, dict(data.get("percolation") or {}), "percolation")
+    return name, str(data.get("description", "")).strip(), cfg
+
+
 # ---------------------------------------------------------------- overrides
+
+
+def _parse_value(raw: str):
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -92,10 +131,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"bad override {item!r}; expected KEY=VALUE, e.g. train.steps=2000")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
+        value = _parse_value(raw)
         parts = key.split(".")
         if parts[0] not in SECTIONS + ("description",):
             raise ConfigError(f"unknown key {key!r}; valid sections: {', '.join(SECTIONS)}")
@@ -171,9 +207,12 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
 
 def resolve(name: str, data: dict) -> ExperimentConfig:
     """Turn a raw recipe dict into a validated, fully resolved ExperimentConfig."""
-    unknown = [k for k in data if k not in SECTIONS + ("description", "recipe")]
+    kind = recipe_kind(data)
+    if kind not in ("train", "sweep"):
+        raise ConfigError(f"recipe {name!r} is a {kind} recipe, not a training run; run it with `caplab run {name}`")
+    unknown = [k for k in data if k not in SECTIONS + ("description", "recipe", "kind", "sweep")]
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; valid: description, {', '.join(SECTIONS)}")
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid: description, {', '.join(SECTIONS)}, sweep")
     task_raw = dict(data.get("task") or {})
     task_name = task_raw.pop("name", None)
     if task_name not in TASKS:

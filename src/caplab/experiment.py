@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -62,11 +63,22 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
         catalog.upsert_run(store)
         raise
     summary = {"step": final.get("step"), "tokens": final.get("tokens"), "eval_loss": final.get("eval_loss"), **task.headline(final)}
+    if task.phase_metrics:
+        summary["emergence_order"] = _emergence_order(store.metrics(), task.phase_metrics)
     store.write_json("summary.json", summary)
     write_report([store], store.path)
     store.set_status("completed")
     catalog.upsert_run(store)
     return store.path
+
+
+def _emergence_order(records: list[dict], metrics: tuple[str, ...]) -> list[dict]:
+    """Phase metrics sorted by emergence point (sigmoid midpoint in log-steps; None: did not emerge)."""
+    from caplab.analysis.emergence import emergence_order
+
+    curves = {k: ([r["step"] for r in records if k in r], [r[k] for r in records if k in r]) for k in metrics}
+    curves = {k: c for k, c in curves.items() if len(c[0]) >= 4}
+    return [{"metric": k, "step": (round(p, 1) if math.isfinite(p) else None)} for k, p in emergence_order(curves)]
 
 
 def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optional[str] = None) -> RunStore:

@@ -83,16 +83,31 @@ def component_sizes(n_entities: int, n_properties: int, left: np.ndarray, right:
 
 @dataclass
 class PercolationCurve:
-    """Mean largest- and second-largest-component fractions against a control variable."""
+    """Largest- and second-largest-component fractions against a control variable, per trial."""
 
-    control: np.ndarray  # densities, or numbers of observed pairs
-    largest: np.ndarray  # mean fraction of nodes in the largest component
-    second: np.ndarray  # mean fraction in the second largest (peaks at criticality)
-    largest_std: np.ndarray
+    control: np.ndarray  # (points,) densities, or numbers of observed pairs
+    largest_trials: np.ndarray  # (points, trials) fraction of nodes in the largest component
+    second_trials: np.ndarray  # (points, trials) fraction in the second largest (peaks at criticality)
 
-    def critical_point(self) -> float:
-        """Finite-size estimate of the transition: where the second-largest component peaks."""
-        return float(self.control[int(np.argmax(self.second))])
+    @property
+    def largest(self) -> np.ndarray:
+        return self.largest_trials.mean(1)
+
+    @property
+    def largest_std(self) -> np.ndarray:
+        return self.largest_trials.std(1)
+
+    @property
+    def second(self) -> np.ndarray:
+        return self.second_trials.mean(1)
+
+    def critical_point(self, trials: np.ndarray | None = None) -> float:
+        """Finite-size estimate of the transition: where the mean second-largest component peaks.
+
+        `trials` picks (with repetition) the trials averaged, for bootstrap intervals.
+        """
+        second = self.second_trials if trials is None else self.second_trials[:, trials]
+        return float(self.control[int(np.argmax(second.mean(1)))])
 
 
 def percolation_curve(
@@ -115,7 +130,7 @@ def percolation_curve(
             sizes = component_sizes(n_entities, n_properties, left, right)
             largest[i, t] = sizes[0] / n
             second[i, t] = (sizes[1] if len(sizes) > 1 else 0) / n
-    return PercolationCurve(control, largest.mean(1), second.mean(1), largest.std(1))
+    return PercolationCurve(control, largest, second)
 
 
 def fit_power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

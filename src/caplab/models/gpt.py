@@ -194,14 +194,26 @@ class GPT(HookedModule):
         return self.ln_final(x) @ self.embed.weight.T  # (B, T, d_vocab)
 
     @torch.no_grad()
-    def generate(self, prompt: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        """Greedy decoding with a KV cache.
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        max_new_tokens: int,
+        prompt_lengths: Optional[torch.Tensor] = None,
+        sample: bool = False,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """Greedy or sampled decoding with a KV cache.
 
         Arguments:
-            prompt: (batch, prompt_len) token ids, all prompts of equal length.
-            max_new_tokens: how many tokens to append.
+            prompt: (batch, width) token ids.
+            max_new_tokens: how many tokens to append after `width`.
+            prompt_lengths: (batch,) true prompt lengths when prompts of different
+                lengths are right-padded to `width`; every position at or past a
+                row's length is generated, so all rows end at the same width.
+            sample: draw from the softmax instead of taking the argmax.
+            generator: random source for sampling.
         Returns:
-            (batch, prompt_len + max_new_tokens) token ids.
+            (batch, width + max_new_tokens) token ids.
         """
         B, T = prompt.shape
         if T + max_new_tokens - 1 > self.cfg.n_ctx:  # the last new token is never fed back
@@ -212,9 +224,17 @@ class GPT(HookedModule):
         cache = KVCache(self.cfg, B, prompt.device, dtype)
         out = torch.empty(B, T + max_new_tokens, dtype=prompt.dtype, device=prompt.device)
         out[:, :T] = prompt
-        logits = self(prompt, cache)
-        for i in range(max_new_tokens):
-            out[:, T + i] = logits[:, -1].argmax(-1)
-            if i + 1 < max_new_tokens:
-                logits = self(out[:, T + i : T + i + 1], cache)
+        start = T if prompt_lengths is None else int(prompt_lengths.min())
+        logits = self(out[:, :start], cache)
+        for t in range(start, T + max_new_tokens):
+            if sample:
+                probs = torch.softmax(logits[:, -1].float(), dim=-1)
+                chosen = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                chosen = logits[:, -1].argmax(-1)
+            if prompt_lengths is not None and t < T:  # rows still inside their prompt keep it
+                chosen = torch.where(t < prompt_lengths, out[:, t], chosen)
+            out[:, t] = chosen
+            if t + 1 < T + max_new_tokens:
+                logits = self(out[:, t : t + 1], cache)
         return out

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from caplab.runs.store import RunStore, atomic_write_bytes  # noqa: E402
 
-NOT_CAPABILITIES = {"step", "tokens", "lr", "elapsed_s", "train_loss", "eval_loss"}
+NOT_CAPABILITIES = {"step", "tokens", "lr", "elapsed_s", "eval_s", "train_loss", "eval_loss"}
 
 
 def _label(store: RunStore) -> str:
@@ -77,14 +77,22 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
 
     capabilities = sorted({k for _, records in runs for r in records for k in r if k not in NOT_CAPABILITIES})
     for key in capabilities:
-        fig, ax = _axes(key, "accuracy")
+        values = [v for _, records in runs for v in _series(records, key)[1]]
+        is_fraction = all(0.0 <= v <= 1.0 for v in values)
+        fig, ax = _axes(key, "fraction" if is_fraction else key)
         for label, records in runs:
             x, y = _series(records, key)
             ax.plot(x, y, marker=".", label=label)
-        ax.set_ylim(-0.03, 1.03)
+        if is_fraction:
+            ax.set_ylim(-0.03, 1.03)
         ax.legend(fontsize=7)
         paths.append(figures / f"{_slug(key)}.png")
         _save(fig, paths[-1])
+
+    phases = _phase_metrics(stores[0])
+    if len(stores) == 1 and phases:
+        paths.append(figures / "phases.png")
+        phase_figure(runs[0][1], phases, paths[-1])
 
     if any("unseen_exact" in r for _, records in runs for r in records):
         fig, ax = _axes("seen vs unseen compositions (exact match)", "exact-match accuracy")
@@ -98,6 +106,30 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
         paths.append(figures / "seen_vs_unseen.png")
         _save(fig, paths[-1])
     return paths
+
+
+def _phase_metrics(store: RunStore) -> tuple[str, ...]:
+    from caplab.tasks import TASKS
+
+    task = store.config_dict().get("task", {}).get("name")
+    return TASKS[task].phase_metrics if task in TASKS else ()
+
+
+def phase_figure(records: list[dict], metrics: tuple[str, ...], path: Path) -> list[tuple[str, float]]:
+    """One run's phase curves on one axis, with each emergence point (sigmoid midpoint) marked; returns the order."""
+    from caplab.analysis.emergence import emergence_order
+
+    curves = {k: _series(records, k) for k in metrics if len(_series(records, k)[0]) >= 4}
+    order = emergence_order(curves)
+    fig, ax = _axes("phases of learning (dashed: emergence point, sigmoid midpoint)", "fraction")
+    for i, (key, point) in enumerate(order):
+        ax.plot(*curves[key], marker=".", color=f"C{i}", label=key if not np.isfinite(point) else f"{key} ({point:.0f})")
+        if np.isfinite(point):
+            ax.axvline(point, color=f"C{i}", ls="--", lw=0.8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+    return order
 
 
 def write_report(stores: list[RunStore], out_dir: Path) -> Path:
@@ -200,3 +232,59 @@ def format_interval(estimate: dict) -> str:
         return "never"
     low, high = (f"{estimate[k]:.0f}" if estimate[k] is not None else "?" for k in ("low", "high"))
     return f"{estimate['value']:.0f} [{low}, {high}]"
+
+
+def percolation_figures(figures: Path, n_entities: int, summary: dict, curves: dict) -> list[str]:
+    """Component fractions against density and against observed pairs, and the critical-pairs scaling."""
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    p_c = summary["critical_density_predicted"]
+    curve = curves["by_density"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(curve.control / p_c, curve.largest, marker=".", label="largest component")
+    ax.plot(curve.control / p_c, curve.second, marker=".", label="second largest")
+    ax.axvline(1.0, color="grey", ls="--", lw=0.8, label="predicted p_c = 1/sqrt(|E_c||K_c|)")
+    ax.axvline(summary["critical_density_measured"] / p_c, color="C3", lw=0.8, label="measured (second-largest peak)")
+    ax.set_xscale("log")
+    ax.set_xlabel("edge density / predicted p_c")
+    ax.set_ylabel("fraction of nodes")
+    ax.set_title(f"|E_c| = {n_entities}, |K_c| = {summary['properties_per_class']}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    names = ["percolation_density.png"]
+    _save(fig, figures / names[-1])
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for i, (size, curve) in enumerate(sorted(curves["by_pairs"].items())):
+        scale = np.sqrt(n_entities * size)
+        ax.plot(curve.control / scale, curve.largest, color=f"C{i}", label=f"|K_c| = {size}")
+    ax.axvline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("observed pairs / sqrt(|E_c| |K_c|)")
+    ax.set_ylabel("largest component fraction")
+    ax.set_title("curves collapse when pairs are scaled by sqrt(|E_c||K_c|)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    names.append("percolation_pairs.png")
+    _save(fig, figures / names[-1])
+
+    points = summary["scaling_points"]
+    xs = np.array([p["properties_per_class"] for p in points], float)
+    ys = np.array([p["critical_pairs_measured"] for p in points], float)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    ax.plot(xs, ys, "o", label="measured critical pairs")
+    low, high = summary["scaling_interval"]
+    ax.plot(xs, np.sqrt(n_entities * xs), "--", color="grey", label="predicted sqrt(|E_c||K_c|) (slope 1/2)")
+    from caplab.analysis.percolation import fit_power_law
+
+    exponent, prefactor = fit_power_law(xs, ys)
+    ax.plot(xs, prefactor * xs**exponent, "-", label=f"fit: slope {exponent:.2f} [{low:.2f}, {high:.2f}]")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("|K_c| (values per class)")
+    ax.set_ylabel("observed pairs at the transition")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    names.append("percolation_scaling.png")
+    _save(fig, figures / names[-1])
+    return names

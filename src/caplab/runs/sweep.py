@@ -26,7 +26,7 @@ import yaml
 
 from caplab.analysis.emergence import bootstrap, sigmoid_midpoint, threshold_crossing
 from caplab.analysis.percolation import fit_power_law
-from caplab.config import load_config
+from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError, RunNotFound
 from caplab.experiment import create_run, resume_run, train_run
 from caplab.runs.store import RunStore, atomic_write_json, read_json, runs_root
@@ -62,12 +62,35 @@ def _entry_overrides(sweep: dict, entry: dict) -> list[str]:
     return [*sweep["overrides"], *_setting_overrides(entry["setting"]), f"train.seed={entry['seed']}"]
 
 
-def create_sweep(recipe: str, grid: dict[str, list], seeds: int, overrides: list[str] = (),
+def recipe_sweep(recipe: str) -> dict:
+    """The `sweep:` section of a recipe ({} if none): grid (KEY: [values]), seeds, metric, level (of the crossing)."""
+    _, data = load_recipe(recipe)
+    section = data.get("sweep") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"recipe {recipe!r}: 'sweep' must be a mapping with grid, seeds, metric")
+    unknown = [k for k in section if k not in ("grid", "seeds", "metric", "level")]
+    if unknown:
+        raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: grid, seeds, metric, level")
+    grid = section.get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ConfigError(f"recipe {recipe!r}: 'sweep.grid' must map keys to non-empty lists of values")
+    return section
+
+
+def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overrides: list[str] = (),
                  metric: Optional[str] = None, root: Optional[Path] = None) -> Path:
-    """Validate every planned config, then write the sweep folder; return it."""
+    """Validate every planned config, then write the sweep folder; return it.
+
+    An empty `grid`, `seeds` None or `metric` None fall back to the recipe's `sweep:` section.
+    """
+    section = recipe_sweep(recipe)
+    grid = grid or dict(section.get("grid") or {})
+    seeds = seeds if seeds is not None else int(section.get("seeds", 1))
+    metric = metric or section.get("metric")
     if seeds < 1:
         raise ConfigError(f"bad value {seeds} for '--seeds'; expected at least 1")
-    sweep = {"recipe": recipe, "grid": grid, "seeds": seeds, "overrides": list(overrides), "metric": metric}
+    sweep = {"recipe": recipe, "grid": grid, "seeds": seeds, "overrides": list(overrides), "metric": metric,
+             "level": float(section.get("level", 0.5))}
     sweep["runs"] = plan(grid, seeds)
     configs = [load_config(recipe, _entry_overrides(sweep, e)) for e in sweep["runs"]]  # fail early, exit 2
     if metric is None:
@@ -77,6 +100,13 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: int, overrides: list
     path.mkdir(parents=True)
     atomic_write_json(path / "sweep.json", sweep)
     return path
+
+
+def set_sweep_metric(path: Path, metric: str) -> None:
+    """Track another capability in the sweep's aggregate (runs are not retrained)."""
+    sweep = read_json(Path(path) / "sweep.json")
+    sweep["metric"] = metric
+    atomic_write_json(Path(path) / "sweep.json", sweep)
 
 
 def open_sweep(name: str, root: Optional[Path] = None) -> Path:
@@ -141,10 +171,14 @@ def curves_by_setting(path: Path) -> dict[str, dict]:
     return groups
 
 
-def aggregate(path: Path, level: float = 0.5) -> dict:
-    """Per-setting emergence points (threshold crossing at `level`, sigmoid midpoint) and the scaling fit."""
+def aggregate(path: Path, level: Optional[float] = None) -> dict:
+    """Per-setting emergence points (threshold crossing at `level`, sigmoid midpoint) and the scaling fit.
+
+    `level` defaults to the sweep's own (0.5 unless its recipe says otherwise).
+    """
     path = Path(path)
     sweep = read_json(path / "sweep.json")
+    level = level if level is not None else sweep.get("level", 0.5)
     groups = curves_by_setting(path)
     settings = []
     for label, group in groups.items():

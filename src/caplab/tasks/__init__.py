@@ -7,8 +7,9 @@ import dataclasses
 from caplab.errors import ConfigError
 from caplab.tasks.base import Batch, Task
 from caplab.tasks.compositions import Compositions
+from caplab.tasks.concept_language import ConceptLanguage
 
-TASKS: dict[str, type[Task]] = {Compositions.name: Compositions}
+TASKS: dict[str, type[Task]] = {Compositions.name: Compositions, ConceptLanguage.name: ConceptLanguage}
 
 
 def make_task(name: str, **overrides) -> Task:
@@ -26,4 +27,4 @@ def make_task(name: str, **overrides) -> Task:
         raise ConfigError(str(exc)) from None
 
 
-__all__ = ["Batch", "Task", "TASKS", "make_task", "Compositions"]
+__all__ = ["Batch", "Task", "TASKS", "make_task", "Compositions", "ConceptLanguage"]

@@ -37,6 +37,7 @@ class Task:
     name: ClassVar[str]
     Config: ClassVar[type]
     primary_metric: ClassVar[str] = "eval_loss"  # the capability sweeps track by default
+    phase_metrics: ClassVar[tuple[str, ...]] = ()  # capabilities whose order of emergence a study reports
 
     vocab_size: int
     seq_len: int  # length of `tokens` in a batch

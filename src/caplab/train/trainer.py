@@ -108,6 +108,7 @@ class Trainer:
         self.forward = torch.compile(model) if cfg.compile else model
         self._held_out = None
         self.restored = False
+        self.eval_seconds = 0.0
 
     # ------------------------------------------------------------ plumbing
 
@@ -198,8 +199,11 @@ class Trainer:
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
         if train_loss is not None:
             record["train_loss"] = train_loss
+        started = time.perf_counter()
         record.update(self.evaluate())
+        self.eval_seconds += time.perf_counter() - started
         record["elapsed_s"] = round(elapsed, 3)
+        record["eval_s"] = round(self.eval_seconds, 3)  # of elapsed_s, spent evaluating
         self.last_record = record
         if self.store is not None:
             self.store.log_metrics(record)

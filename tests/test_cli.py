@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,38 @@ def test_demo_trains_both_formats_on_one_split_and_prints_the_table(tmp_path):
     assert formats == ["direct", "step_by_step"]
     splits = {json.dumps(json.loads((p / "task.json").read_text())["train_compositions"]) for p in runs}
     assert len(splits) == 1  # the same training compositions for both formats
+
+
+def test_percolation_recipe_simulates_and_compares_with_theory(tmp_path):
+    result = caplab("run", "percolation", "--set", "percolation.trials=10", "--set", "percolation.points=31",
+                    "--set", "percolation.n_boot=50", root=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["critical_pairs_predicted"] == pytest.approx((90 * 1800) ** 0.5)
+    assert 0.7 < summary["critical_pairs_measured"] / summary["critical_pairs_predicted"] < 1.5
+    assert 0.7 < summary["critical_density_measured"] / summary["critical_density_predicted"] < 1.5
+    assert summary["scaling_interval"][0] < summary["scaling_exponent"] < summary["scaling_interval"][1]
+    assert {"percolation_density.png", "percolation_scaling.png"} <= {p.name for p in (run_dir / "figures").iterdir()}
+    assert "percolation" in caplab("runs", root=tmp_path).stdout
+    bad = caplab("run", "percolation", "--set", "train.steps=3", root=tmp_path)
+    assert bad.returncode == 2 and "percolation.KEY=VALUE" in bad.stderr
+    again = caplab("resume", run_dir.name, root=tmp_path)
+    assert again.returncode == 2 and "not a training run" in again.stderr
+
+
+CONCEPT_TINY = [arg for item in ["task.eval_samples=8", "task.eval_reachable=16", "model.n_layers=1", "model.d_model=32",
+                                 "train.batch_size=8", "train.steps=12", "train.eval_every=4", "train.checkpoint_every=6",
+                                 "train.progress=never"] for arg in ("--set", item)]
+
+
+def test_emergence_recipe_runs_end_to_end(tmp_path):
+    result = caplab("run", "emergence", *CONCEPT_TINY, root=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"grammaticality", "type_constraints", "unscramble_exact", "reachable_pairs"} <= set(summary)
+    assert [e["metric"] for e in summary["emergence_order"]].count("grammaticality") == 1
+    assert (run_dir / "figures" / "phases.png").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["eval_s"] <= r["elapsed_s"] for r in records)

@@ -148,3 +148,22 @@ def test_context_overflow_is_refused():
 def test_bad_shapes_rejected():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(d_model=30, n_heads=4)
+
+
+def test_ragged_prompts_generate_like_each_row_alone():
+    model = GPT(CFG)
+    prompts = tokens(batch=3, length=6)
+    lengths = torch.tensor([6, 3, 4])
+    together = model.generate(prompts, 5, prompt_lengths=lengths)
+    for row in range(3):
+        n = int(lengths[row])
+        alone = model.generate(prompts[row : row + 1, :n], 6 + 5 - n)
+        assert torch.equal(together[row], alone[0])
+
+
+def test_sampled_generation_follows_its_generator():
+    model = GPT(CFG)
+    prompt = tokens(batch=8, length=4)
+    draw = lambda seed: model.generate(prompt, 6, sample=True, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+    assert torch.equal(draw(1)[:, :4], prompt)

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,3 +125,26 @@ def test_a_reserved_but_half_created_run_is_created_afresh(tmp_path):
     assert not staging.exists()
     assert RunStore(tmp_path / run_id).info()["status"] == "completed"
     assert summary["runs_completed"] == 1
+
+
+def test_a_recipe_sweep_section_drives_caplab_run(tmp_path):
+    import yaml
+
+    from helpers import TINY
+
+    recipe = {"description": "tiny sweep", "task": {"name": "compositions"},
+              "sweep": {"grid": {"task.n_train_compositions": [4, 8]}, "seeds": 1, "metric": "seen_exact", "level": 0.25}}
+    path = tmp_path / "tiny-sweep.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    sweep_dir = create_sweep(str(path), {}, None, TINY, root=tmp_path / "runs")
+    sweep = json.loads((sweep_dir / "sweep.json").read_text())
+    assert sweep["grid"] == {"task.n_train_compositions": [4, 8]} and sweep["seeds"] == 1
+    assert sweep["metric"] == "seen_exact" and sweep["level"] == 0.25
+    # the command line runs it: `caplab run` on a recipe with a sweep section is a sweep
+    result = caplab("run", str(path), *[a for item in TINY for a in ("--set", item)], root=tmp_path / "cli")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((Path(result.stdout.strip().splitlines()[-1]) / "summary.json").read_text())
+    assert summary["metric"] == "seen_exact" and summary["level"] == 0.25 and summary["runs_completed"] == 2
+    path.write_text(yaml.safe_dump({**recipe, "sweep": {"grid": {"task.n_train_compositions": [4]}, "seedz": 2}}))
+    bad = caplab("run", str(path), root=tmp_path / "cli")
+    assert bad.returncode == 2 and "unknown key 'sweep.seedz'" in bad.stderr

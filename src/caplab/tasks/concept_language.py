@@ -67,7 +67,7 @@ class ConceptLanguageConfig:
     n_adverbs: int = 8
     modifier_density: float = 0.25  # fraction of adjectives (adverbs) each property/class (verb) allows
     modifier_prob: float = 0.9  # chance that an optional modifier slot is filled
-    max_length: int = 64  # tokens per document, padding included
+    max_length: int = 48  # tokens per document, padding included (the paper: 128)
     task_prior: list[float] = field(default_factory=lambda: [0.2, 0.4, 0.4])  # T0, T1, T2
     seed: int = 0  # the world (training has its own seed)
     eval_samples: int = 128  # generations per generation-based metric

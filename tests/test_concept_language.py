@@ -79,7 +79,7 @@ def test_rule_frequencies_match_the_grammar_probabilities():
     _, _, symbols = parse_sentences(task, sentences_of(docs))
     sentences = sentences_of(docs)
     n = len(sentences)
-    from caplab.tasks.concept_language import MAX_OBJECTS, MAX_SUBJECTS, MAX_VERB_PHRASES
+    from caplab.tasks.concept_sampler import MAX_OBJECTS, MAX_SUBJECTS, MAX_VERB_PHRASES
 
     n_subjects = (symbols == G.S_SUBJECT).sum(1)
     pmf = G.binary_leaves_pmf(G.P_NP_CONJ, MAX_SUBJECTS)

@@ -28,9 +28,8 @@ each token category present (subjects, objects, verbs, values), with
 probability 1/2 one of its tokens; a T2 draw without conditions becomes T0.
 Documents longer than `max_length` are redrawn, as in the paper.
 
-Sampling is tensor code on the device: every sentence is laid out in a fixed
-template of slots (subjects, verb phrases, objects), filled for the whole
-batch at once, and compacted; no per-token Python.
+Sampling (`concept_sampler`) is tensor code on the device, for the whole
+batch at once, with work proportional to the tokens produced.
 """
 
 from __future__ import annotations
@@ -46,12 +45,8 @@ from torch import nn
 
 from caplab.tasks import concept_grammar as G
 from caplab.tasks.base import Batch, Task
+from caplab.tasks.concept_sampler import MAX_OBJECTS, MAX_SUBJECTS, MAX_VERB_PHRASES, Documents, draw_sentences, make_documents
 
-MAX_SUBJECTS = 6  # template slots; longer draws are redrawn like over-long documents
-MAX_VERB_PHRASES = 6
-MAX_OBJECTS = 5
-HEADER = 4  # Task: T \n Ops:
-TRAILER = 2  # \n Out:
 
 
 @dataclass
@@ -95,28 +90,6 @@ class ConceptLanguageConfig:
             raise ValueError(f"task.task_prior must be three non-negative weights (T0, T1, T2), got {self.task_prior}")
         if self.max_length < 16:
             raise ValueError(f"task.max_length must be at least 16, got {self.max_length}")
-
-
-@dataclass
-class Sentences:
-    """A batch of sentences, left-aligned, padded with <pad>."""
-
-    tokens: torch.Tensor  # (n, width)
-    symbols: torch.Tensor  # (n, width) grammar symbol of each token
-    length: torch.Tensor  # (n,) tokens including <eos>
-    phrase_class: torch.Tensor  # (n,)
-
-
-@dataclass
-class Documents:
-    """A batch of documents: prompt, ops and sentence, padded to max_length."""
-
-    tokens: torch.Tensor  # (n, max_length)
-    symbols: torch.Tensor  # (n, max_length)
-    task: torch.Tensor  # (n,) 0, 1, 2
-    prompt_length: torch.Tensor  # (n,) tokens up to and including Out:
-    length: torch.Tensor  # (n,) tokens before the padding
-    phrase_class: torch.Tensor  # (n,)
 
 
 class ConceptLanguage(Task):
@@ -217,159 +190,22 @@ class ConceptLanguage(Task):
             }
         return self._device_tables[key]
 
-    @staticmethod
-    def _uniform_index(bound: torch.Tensor | int, shape, generator, device) -> torch.Tensor:
-        """Uniform integers in [0, bound) (bound broadcast to `shape`)."""
-        return (torch.rand(shape, generator=generator, device=device) * bound).long()
-
-    @staticmethod
-    def _from_cdf(cdf: torch.Tensor, shape, generator, device) -> torch.Tensor:
-        """Index drawn from a cumulative distribution; len(cdf) means the tail beyond it."""
-        u = torch.rand(shape, generator=generator, device=device)
-        return torch.searchsorted(cdf, u.contiguous(), right=True)
-
-    @staticmethod
-    def _compact(tokens: torch.Tensor, keep: torch.Tensor, width: int, fill: int) -> torch.Tensor:
-        """Move the kept entries of each row to its front, in order; pad to `width` with `fill`."""
-        n = tokens.shape[0]
-        position = torch.where(keep, keep.long().cumsum(1) - 1, width)
-        out = torch.full((n, width + 1), fill, dtype=tokens.dtype, device=tokens.device)
-        out.scatter_(1, position.clamp(max=width), tokens)
-        return out[:, :width]
-
-    # ------------------------------------------------------------ sentences
-
-    def _draw_sentences(self, n: int, generator, device) -> tuple[Sentences, torch.Tensor]:
-        """n sentences from the grammar, and whether each fits the template."""
-        cfg, T = self.cfg, self.on(device)
-        rand = lambda *shape: torch.rand(shape, generator=generator, device=device)  # noqa: E731
-        S, V, O = MAX_SUBJECTS, MAX_VERB_PHRASES, MAX_OBJECTS
-        half = cfg.n_classes // 2
-        phrase_class = self._uniform_index(cfg.n_classes, (n,), generator, device)
-        linked_class = (phrase_class + half) % cfg.n_classes
-        n_subjects = self._from_cdf(T["np_cdf"], (n,), generator, device) + 1
-        n_vps = self._from_cdf(T["vp_cdf"], (n,), generator, device) + 1
-        n_objects = self._from_cdf(T["relnp_cdf"], (n, V), generator, device) + 1
-        is_desc = rand(n, V) < G.P_VP_DESC
-        fits = (n_subjects <= S) & (n_vps <= V)
-        fits &= ~((n_objects > O) & ~is_desc & (torch.arange(V, device=device) < n_vps[:, None])).any(1)
-
-        def conj(*shape):
-            return torch.where(rand(*shape) < G.CONJUNCTIONS[G.AND], G.AND, G.OR)
-
-        def entities(cls, shape):  # global entity indices of class `cls` (n,) -> shape
-            key = self._uniform_index(T["entity_count"][cls].view(-1, *[1] * (len(shape) - 1)), shape, generator, device)
-            return T["entity_start"][cls].view(-1, *[1] * (len(shape) - 1)) + key
-
-        def pick(table, rows):  # a uniform column of table[rows]
-            col = self._uniform_index(table.shape[1], rows.shape, generator, device)
-            return table[rows, col]
-
-        # subjects: slots [conj, adjective, entity] x S
-        subject = entities(phrase_class, (n, S))
-        subject_active = torch.arange(S, device=device) < n_subjects[:, None]
-        subject_adj = pick(T["class_adjectives"], phrase_class[:, None].expand(n, S))
-        subject_has_adj = (rand(n, S) < cfg.modifier_prob) & ~T["entity_pii"][subject]
-        subj_tok = torch.stack([conj(n, S), self.adjective_offset + subject_adj, self.entity_offset + subject], -1)
-        subj_keep = torch.stack([subject_active & (torch.arange(S, device=device) > 0), subject_active & subject_has_adj, subject_active], -1)
-        last_subject = subject.gather(1, (n_subjects.clamp(max=S) - 1)[:, None]).squeeze(1)
-        last_key = T["entity_key"][last_subject]
-
-        # descriptive leaves: [is/has, adjective, value]; values allowed for the last subject
-        prop = phrase_class[:, None] * cfg.properties_per_class + self._uniform_index(cfg.properties_per_class, (n, V), generator, device)
-        value = (pick(T["value_base"], prop) + last_key[:, None]) % cfg.values_per_property
-        value_tok = self.value_offset + prop * cfg.values_per_property + value
-        value_adj = self.adjective_offset + pick(T["property_adjectives"], prop)
-        prep = torch.where(rand(n, V) < G.DESC_PREPOSITIONS[G.IS], G.IS, G.HAS)
-        # relative leaves: [adverb, verb, on/in/to] + objects [conj, adjective, entity] x O
-        verb = (phrase_class % half)[:, None] * self.verbs_per_group + self._uniform_index(self.verbs_per_group, (n, V), generator, device)
-        adverb = self.adverb_offset + pick(T["verb_adverbs"], verb)
-        rel_prep = torch.tensor([G.ON, G.IN, G.TO], device=device)[self._from_cdf(T["rel_prep_cdf"], (n, V), generator, device).clamp(max=2)]
-        obj = entities(linked_class, (n, V, O))
-        obj_adj = self.adjective_offset + pick(T["class_adjectives"], linked_class[:, None, None].expand(n, V, O))
-        obj_has_adj = (rand(n, V, O) < cfg.modifier_prob) & ~T["entity_pii"][obj]
-
-        vp_active = torch.arange(V, device=device) < n_vps[:, None]
-        desc, rel = vp_active & is_desc, vp_active & ~is_desc
-        obj_active = rel[..., None] & (torch.arange(O, device=device) < n_objects[..., None])
-        obj_tok = torch.stack([conj(n, V, O), obj_adj, self.entity_offset + obj], -1).flatten(2)  # (n, V, 3O)
-        obj_keep = torch.stack([obj_active & (torch.arange(O, device=device) > 0), obj_active & obj_has_adj, obj_active], -1).flatten(2)
-        vp_tok = torch.cat([torch.stack([conj(n, V), prep, value_adj, value_tok, adverb, self.verb_offset + verb, rel_prep], -1), obj_tok], -1)
-        has_mod = rand(n, V, 2) < cfg.modifier_prob
-        vp_keep = torch.cat([torch.stack([vp_active & (torch.arange(V, device=device) > 0), desc, desc & has_mod[..., 0], desc,
-                                          rel & has_mod[..., 1], rel, rel], -1), obj_keep], -1)
-
-        eos = torch.full((n, 1), G.EOS, dtype=torch.long, device=device)
-        tokens = torch.cat([subj_tok.flatten(1), vp_tok.flatten(1), eos], 1)
-        keep = torch.cat([subj_keep.flatten(1), vp_keep.flatten(1), torch.ones_like(eos, dtype=torch.bool)], 1)
-        symbols = self._template_symbols(device).expand(n, -1)
-        width = min(tokens.shape[1], self.cfg.max_length)
-        length = keep.sum(1)
-        fits &= length <= width
-        return Sentences(self._compact(tokens, keep, width, G.PAD), self._compact(symbols, keep, width, G.S_PAD),
-                         length, phrase_class), fits
-
-    def _template_symbols(self, device) -> torch.Tensor:
-        """(1, template width) grammar symbol of every template slot."""
-        subj = [G.S_NP_CONJ, G.S_SUBJECT_ADJ, G.S_SUBJECT] * MAX_SUBJECTS
-        vp = [G.S_VP_CONJ, G.S_DESC_PREP, G.S_VALUE_ADJ, G.S_VALUE, G.S_ADVERB, G.S_VERB, G.S_REL_PREP]
-        vp += [G.S_OBJECT_CONJ, G.S_OBJECT_ADJ, G.S_OBJECT] * MAX_OBJECTS
-        return torch.tensor([subj + vp * MAX_VERB_PHRASES + [G.S_EOS]], device=device)
-
     # ------------------------------------------------------------ documents
-
-    def _documents(self, sentences: Sentences, task: torch.Tensor, generator, device) -> tuple[Documents, torch.Tensor]:
-        """Documents of the given tasks around `sentences`, and whether each fits max_length."""
-        n, width = sentences.tokens.shape
-        positions = torch.arange(width, device=device)
-        # T1: the sentence without <eos>, shuffled
-        keys = torch.rand(n, width, generator=generator, device=device)
-        keys[positions >= (sentences.length - 1)[:, None]] = 2.0
-        shuffled = sentences.tokens.gather(1, keys.argsort(1))
-        # T2: per category present, with probability 1/2, one of its tokens; shuffled
-        chosen, included = [], []
-        for symbol in (G.S_SUBJECT, G.S_OBJECT, G.S_VERB, G.S_VALUE):
-            is_symbol = sentences.symbols == symbol
-            score = torch.where(is_symbol, torch.rand(n, width, generator=generator, device=device), -1.0)
-            chosen.append(sentences.tokens.gather(1, score.argmax(1, keepdim=True)).squeeze(1))
-            included.append(is_symbol.any(1) & (torch.rand(n, generator=generator, device=device) < 0.5))
-        chosen, included = torch.stack(chosen, 1), torch.stack(included, 1)
-        order = torch.where(included, torch.rand(n, 4, generator=generator, device=device), 2.0).argsort(1)
-        conditions = chosen.gather(1, order)
-        n_conditions = included.sum(1)
-        task = torch.where((task == 2) & (n_conditions == 0), 0, task)
-
-        ops = torch.full((n, width), G.NULL, dtype=torch.long, device=device)
-        ops = torch.where((task == 1)[:, None], shuffled, ops)
-        ops[:, :4] = torch.where((task == 2)[:, None], conditions, ops[:, :4])
-        ops_length = torch.where(task == 1, sentences.length - 1, torch.where(task == 2, n_conditions, 1))
-
-        header = torch.stack([torch.full_like(task, G.TASK), G.T0 + task, torch.full_like(task, G.NEWLINE), torch.full_like(task, G.OPS)], 1)
-        trailer = torch.tensor([[G.NEWLINE, G.OUT]], device=device).expand(n, 2)
-        tokens = torch.cat([header, ops, trailer, sentences.tokens], 1)
-        symbols = torch.cat([torch.full((n, HEADER), G.S_PROMPT, device=device), torch.full((n, width), G.S_OPS, device=device),
-                             torch.full((n, TRAILER), G.S_PROMPT, device=device), sentences.symbols], 1)
-        keep = torch.cat([torch.ones(n, HEADER, dtype=torch.bool, device=device), positions < ops_length[:, None],
-                          torch.ones(n, TRAILER, dtype=torch.bool, device=device), positions < sentences.length[:, None]], 1)
-        L = self.cfg.max_length
-        length = keep.sum(1)
-        docs = Documents(self._compact(tokens, keep, L, G.PAD), self._compact(symbols, keep, L, G.S_PAD), task,
-                         HEADER + ops_length + TRAILER, length, sentences.phrase_class)
-        return docs, length <= L
 
     def sample_documents(self, n: int, generator, device, task: Optional[int] = None) -> Documents:
         """n documents (task drawn from the prior unless given), redrawing any that do not fit."""
         parts, have = [], 0
-        T = self.on(device)
+        cdf = self.on(device)["task_cdf"]
         while have < n:
-            m = int((n - have) * 1.25) + 16
-            sentences, fits = self._draw_sentences(m, generator, device)
-            tasks = torch.full((m,), task, device=device) if task is not None else self._from_cdf(T["task_cdf"], (m,), generator, device).clamp(max=2)
-            docs, doc_fits = self._documents(sentences, tasks, generator, device)
+            m = int((n - have) * 1.1) + 16
+            sentences, fits = draw_sentences(self, m, generator, device)
+            tasks = torch.full((m,), task, device=device) if task is not None else \
+                torch.searchsorted(cdf, torch.rand(m, generator=generator, device=device), right=True).clamp(max=2)
+            docs, doc_fits = make_documents(self, sentences, tasks, generator, device)
             keep = (fits & doc_fits).nonzero().squeeze(1)[: n - have]
-            parts.append(Documents(*(getattr(docs, f.name)[keep] for f in dataclasses.fields(Documents))))
+            parts.append(docs.select(keep))
             have += len(keep)
-        return Documents(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Documents)))
+        return parts[0] if len(parts) == 1 else Documents.cat(parts)
 
     def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
         docs = self.sample_documents(batch_size, generator, device)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from caplab.tasks import concept_grammar as G
+from caplab.tasks.concept_sampler import Sentences, make_documents
 
 RANK_FACTOR = 1.5  # the order parameter's rank threshold, in units of values per class
 
@@ -53,7 +54,6 @@ def type_checks(task, tokens: torch.Tensor, symbols: torch.Tensor) -> dict[str, 
     pos = torch.arange(W, device=tokens.device)
     nV, half = cfg.values_per_property, cfg.n_classes // 2
     token_class = T["token_class"][tokens]
-    entity = (tokens - task.entity_offset).clamp(0, task.n_entities - 1)
     value = (tokens - task.value_offset).clamp(0, task.n_values - 1)
     prop, v = value // nV, value % nV
     following = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], G.PAD)], 1)
@@ -132,29 +132,26 @@ def _prompt_t0(n: int, device) -> torch.Tensor:
     return torch.tensor([G.TASK, G.T0, G.NEWLINE, G.OPS, G.NULL, G.NEWLINE, G.OUT], device=device).expand(n, -1)
 
 
-def reachable_sentences(task, n: int, generator, device):
+def reachable_sentences(task, n: int, generator, device) -> Sentences:
     """`adj subject is adj value <eos>` with class-consistent values the subject never allows in training.
 
     Subjects are non-PII entities (those take adjectives), uniform over classes.
     """
-    from caplab.tasks.concept_language import Sentences
-
     T, cfg = task.on(device), task.cfg
-    uniform = task._uniform_index
-    cls = uniform(cfg.n_classes, (n,), generator, device)
-    n_nonpii = int(round((1 - cfg.pii_fraction) * cfg.entities_per_class))
-    key = uniform(n_nonpii, (n,), generator, device)
+    uniform = lambda bound: (torch.rand(n, generator=generator, device=device) * bound).long()  # noqa: E731
+    cls = uniform(cfg.n_classes)
+    key = uniform(int(round((1 - cfg.pii_fraction) * cfg.entities_per_class)))
     subject = T["entity_start"][cls] + key
-    prop = cls * cfg.properties_per_class + uniform(cfg.properties_per_class, (n,), generator, device)
+    prop = cls * cfg.properties_per_class + uniform(cfg.properties_per_class)
     complement = T["value_complement"] if T["value_complement"].shape[1] else T["value_base"]  # density 1: all allowed
-    value = (complement[prop, uniform(complement.shape[1], (n,), generator, device)] + key) % cfg.values_per_property
-    subj_adj = T["class_adjectives"][cls, uniform(T["class_adjectives"].shape[1], (n,), generator, device)]
-    value_adj = T["property_adjectives"][prop, uniform(T["property_adjectives"].shape[1], (n,), generator, device)]
+    value = (complement[prop, uniform(complement.shape[1])] + key) % cfg.values_per_property
+    subj_adj = T["class_adjectives"][cls, uniform(T["class_adjectives"].shape[1])]
+    value_adj = T["property_adjectives"][prop, uniform(T["property_adjectives"].shape[1])]
     tokens = torch.stack([task.adjective_offset + subj_adj, task.entity_offset + subject, torch.full_like(cls, G.IS),
                           task.adjective_offset + value_adj, task.value_offset + prop * cfg.values_per_property + value,
                           torch.full_like(cls, G.EOS)], 1)
     symbols = torch.tensor([G.S_SUBJECT_ADJ, G.S_SUBJECT, G.S_DESC_PREP, G.S_VALUE_ADJ, G.S_VALUE, G.S_EOS], device=device)
-    return Sentences(tokens, symbols.expand(n, -1), torch.full_like(cls, 6), cls)
+    return Sentences.from_dense(tokens, symbols.expand(n, -1), torch.full_like(cls, 6), cls)
 
 
 def eval_sets(task, device) -> dict:
@@ -167,7 +164,7 @@ def eval_sets(task, device) -> dict:
         sets = {f"T{t}": task.sample_documents(n, generator, device, task=t) for t in range(3)}
         pairs = reachable_sentences(task, cfg.eval_reachable, generator, device)
         for t in (0, 1):
-            docs, _ = task._documents(pairs, torch.full((len(pairs.length),), t, device=device), generator, device)
+            docs, _ = make_documents(task, pairs, torch.full((len(pairs.length),), t, device=device), generator, device)
             sets[f"reachable_T{t}"] = docs
         task._eval_cache[key] = sets
     return task._eval_cache[key]

@@ -81,3 +81,17 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         atomic_write_json(target, {"x": object()})
     assert json.loads(target.read_text()) == {"x": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        target = tmp_path / "b.json"
+        atomic_write_json(target, {"x": 1})
+        reference = tmp_path / "c.json"
+        reference.write_text("{}")
+        assert target.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)

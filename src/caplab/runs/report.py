@@ -234,10 +234,25 @@ def format_interval(estimate: dict) -> str:
     return f"{estimate['value']:.0f} [{low}, {high}]"
 
 
+def _finish_log_figure(fig, ax, path: Path, xlabel: str, ylabel: str, log_y: bool = False) -> None:
+    """Log x (and y) axes, labels, grid and legend, then save."""
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def percolation_figures(figures: Path, n_entities: int, summary: dict, curves: dict) -> list[str]:
     """Component fractions against density and against observed pairs, and the critical-pairs scaling."""
+    from caplab.analysis.percolation import fit_power_law
+
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
+    names = ["percolation_density.png", "percolation_pairs.png", "percolation_scaling.png"]
     p_c = summary["critical_density_predicted"]
     curve = curves["by_density"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
@@ -245,46 +260,24 @@ def percolation_figures(figures: Path, n_entities: int, summary: dict, curves: d
     ax.plot(curve.control / p_c, curve.second, marker=".", label="second largest")
     ax.axvline(1.0, color="grey", ls="--", lw=0.8, label="predicted p_c = 1/sqrt(|E_c||K_c|)")
     ax.axvline(summary["critical_density_measured"] / p_c, color="C3", lw=0.8, label="measured (second-largest peak)")
-    ax.set_xscale("log")
-    ax.set_xlabel("edge density / predicted p_c")
-    ax.set_ylabel("fraction of nodes")
     ax.set_title(f"|E_c| = {n_entities}, |K_c| = {summary['properties_per_class']}")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    names = ["percolation_density.png"]
-    _save(fig, figures / names[-1])
+    _finish_log_figure(fig, ax, figures / names[0], "edge density / predicted p_c", "fraction of nodes")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for i, (size, curve) in enumerate(sorted(curves["by_pairs"].items())):
-        scale = np.sqrt(n_entities * size)
-        ax.plot(curve.control / scale, curve.largest, color=f"C{i}", label=f"|K_c| = {size}")
+        ax.plot(curve.control / np.sqrt(n_entities * size), curve.largest, color=f"C{i}", label=f"|K_c| = {size}")
     ax.axvline(1.0, color="grey", ls="--", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("observed pairs / sqrt(|E_c| |K_c|)")
-    ax.set_ylabel("largest component fraction")
     ax.set_title("curves collapse when pairs are scaled by sqrt(|E_c||K_c|)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    names.append("percolation_pairs.png")
-    _save(fig, figures / names[-1])
+    _finish_log_figure(fig, ax, figures / names[1], "observed pairs / sqrt(|E_c| |K_c|)", "largest component fraction")
 
     points = summary["scaling_points"]
     xs = np.array([p["properties_per_class"] for p in points], float)
     ys = np.array([p["critical_pairs_measured"] for p in points], float)
+    exponent, prefactor = fit_power_law(xs, ys)
+    low, high = summary["scaling_interval"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     ax.plot(xs, ys, "o", label="measured critical pairs")
-    low, high = summary["scaling_interval"]
     ax.plot(xs, np.sqrt(n_entities * xs), "--", color="grey", label="predicted sqrt(|E_c||K_c|) (slope 1/2)")
-    from caplab.analysis.percolation import fit_power_law
-
-    exponent, prefactor = fit_power_law(xs, ys)
     ax.plot(xs, prefactor * xs**exponent, "-", label=f"fit: slope {exponent:.2f} [{low:.2f}, {high:.2f}]")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("|K_c| (values per class)")
-    ax.set_ylabel("observed pairs at the transition")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    names.append("percolation_scaling.png")
-    _save(fig, figures / names[-1])
+    _finish_log_figure(fig, ax, figures / names[2], "|K_c| (values per class)", "observed pairs at the transition", log_y=True)
     return names

@@ -20,6 +20,7 @@ import torch
 
 from caplab.tasks import make_task
 from caplab.tasks import concept_grammar as G
+from caplab.tasks.concept_language import PAPER_SCALE
 
 GRAMMAR = """
 S -> NP VP 'eos' [1.0]
@@ -124,9 +125,7 @@ def main() -> None:
     parser.add_argument("--recipe-scale", choices=["cpu", "paper"], default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    overrides = {} if args.recipe_scale == "cpu" else dict(
-        n_classes=10, entities_per_class=100, properties_per_class=45, values_per_property=40, n_relative=100,
-        n_adjectives=20, n_adverbs=20, max_length=128)
+    overrides = {} if args.recipe_scale == "cpu" else PAPER_SCALE
     task = make_task("concept_language", **overrides)
     reference = NltkSampler(task)
     generator = torch.Generator().manual_seed(0)

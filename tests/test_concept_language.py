@@ -134,8 +134,12 @@ def test_type_constraint_graph_has_density_p_within_classes():
 
 
 def test_paper_scale_preset_sizes():
-    task = make_task("concept_language", n_classes=10, entities_per_class=100, properties_per_class=45,
-                     values_per_property=40, n_relative=100, n_adjectives=20, n_adverbs=20, max_length=128)
+    from caplab.config import load_config
+    from caplab.tasks.concept_language import PAPER_SCALE
+
+    task = make_task("concept_language", **PAPER_SCALE)
+    recipe = load_config("emergence-paper").task
+    assert {k: recipe[k] for k in PAPER_SCALE} == PAPER_SCALE  # the recipe is the same preset
     assert task.n_entities == 900 and task.n_values == 18000  # |E| and |K| of the paper
     assert 18900 < task.vocab_size < 19500
 

@@ -49,6 +49,12 @@ from caplab.tasks.concept_sampler import MAX_OBJECTS, MAX_SUBJECTS, MAX_VERB_PHR
 
 
 
+# The paper's scale (its code's defaults): |E| = 900, |K| = 18,000; `make_task("concept_language", **PAPER_SCALE)`.
+# The `emergence-paper` recipe sets the same sizes.
+PAPER_SCALE = dict(n_classes=10, entities_per_class=100, properties_per_class=45, values_per_property=40, density=0.1,
+                   n_relative=100, n_adjectives=20, n_adverbs=20, max_length=128)
+
+
 @dataclass
 class ConceptLanguageConfig:
     n_classes: int = 4  # C (even): class c and class c + C/2 are linked by relative properties

@@ -159,6 +159,7 @@ class ConceptLanguage(Task):
         token_class = np.full(V, -1)
         token_class[self.entity_offset : self.value_offset] = entity_class
         token_class[self.value_offset :] = np.arange(self.n_values) // (P * nV)
+
         def mask(rows: np.ndarray, width: int) -> np.ndarray:
             out = np.zeros((len(rows), width), bool)
             np.put_along_axis(out, rows, True, axis=1)

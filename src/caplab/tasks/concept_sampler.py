@@ -217,10 +217,13 @@ def make_documents(world, sentences: Sentences, task: torch.Tensor, generator, d
     row, pos, tokens, symbols = sentences.row, sentences.pos, sentences.tokens, sentences.symbols
 
     # T2 conditions: per category present, with probability 1/2, one of its tokens; shuffled
+    categories = torch.tensor([G.S_SUBJECT, G.S_OBJECT, G.S_VERB, G.S_VALUE], device=device)
+    candidate = ((task[row] == 2) & torch.isin(symbols, categories)).nonzero().squeeze(1)
+    c_row, c_tokens, c_symbols = row[candidate], tokens[candidate], symbols[candidate]
     chosen, included = [], []
-    for symbol in (G.S_SUBJECT, G.S_OBJECT, G.S_VERB, G.S_VALUE):
-        of_symbol = symbols == symbol
-        value, has = _one_per_row(row[of_symbol], tokens[of_symbol], n, generator)
+    for symbol in categories.tolist():
+        of_symbol = c_symbols == symbol
+        value, has = _one_per_row(c_row[of_symbol], c_tokens[of_symbol], n, generator)
         chosen.append(value)
         included.append(has & (rand(n) < 0.5))
     chosen, included = torch.stack(chosen, 1), torch.stack(included, 1)

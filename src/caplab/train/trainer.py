@@ -195,15 +195,15 @@ class Trainer:
             self.store.save_checkpoint(self.step, self.step * self.tokens_per_step, model, extra, meta)
         self._fire("on_checkpoint", step=self.step)
 
-    def _eval_and_log(self, train_loss: Optional[float], elapsed: float) -> dict:
+    def _eval_and_log(self, train_loss: Optional[float], fit_start: float) -> dict:
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
         if train_loss is not None:
             record["train_loss"] = train_loss
         started = time.perf_counter()
         record.update(self.evaluate())
         self.eval_seconds += time.perf_counter() - started
-        record["elapsed_s"] = round(elapsed, 3)
-        record["eval_s"] = round(self.eval_seconds, 3)  # of elapsed_s, spent evaluating
+        record["elapsed_s"] = round(time.perf_counter() - fit_start, 3)  # wall time of this fit, this evaluation included
+        record["eval_s"] = round(self.eval_seconds, 3)  # of which spent evaluating
         self.last_record = record
         if self.store is not None:
             self.store.log_metrics(record)
@@ -230,7 +230,7 @@ class Trainer:
                 # a restored run already logged and saved the step it starts from
                 first_of_restored = self.restored and self.step == resumed_at
                 if self.step in evals and not first_of_restored:
-                    record = self._eval_and_log(last_loss, time.perf_counter() - start)
+                    record = self._eval_and_log(last_loss, start)
                     bar.set_postfix(_headline(record), refresh=False)
                 if self.step in checkpoints and not first_of_restored:
                     self._checkpoint()

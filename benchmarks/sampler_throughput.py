@@ -4,10 +4,11 @@ The peer is the straightforward way to sample this grammar (the way the
 paper's code does it): an `nltk.PCFG` expanded recursively, one production
 at a time with `random.choices`, then every token filled in Python from the
 same world (same classes, type-constraint graph and modifier tables), then
-the T0/T1/T2 document built. Both run in this process on one CPU thread and
-are timed alternately; throughput counts document tokens before the padding.
+the T0/T1/T2 document built. Both run in this process, by default on one CPU
+thread, and are timed alternately; throughput counts document tokens before
+the padding.
 
-    python benchmarks/sampler_throughput.py [--batch 4096] [--repeats 5]
+    python benchmarks/sampler_throughput.py [--batch 4096] [--repeats 5] [--recipe-scale cpu|paper] [--threads 1]
 """
 
 from __future__ import annotations
@@ -123,8 +124,9 @@ def main() -> None:
     parser.add_argument("--nltk-batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--recipe-scale", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for caplab (the NLTK peer is single-threaded)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     overrides = {} if args.recipe_scale == "cpu" else PAPER_SCALE
     task = make_task("concept_language", **overrides)
     reference = NltkSampler(task)
@@ -139,7 +141,7 @@ def main() -> None:
         tokens = reference.batch(args.nltk_batch)
         theirs.append(tokens / (time.perf_counter() - start))
     a, b = sorted(ours)[len(ours) // 2], sorted(theirs)[len(theirs) // 2]
-    print(f"scale {args.recipe_scale}: vocab {task.vocab_size}, max_length {task.cfg.max_length}, one CPU thread")
+    print(f"scale {args.recipe_scale}: vocab {task.vocab_size}, max_length {task.cfg.max_length}, {args.threads} torch thread(s)")
     print(f"caplab tensor sampler : {a / 1e6:8.2f} M tokens/s (batch {args.batch}, median of {args.repeats})")
     print(f"NLTK sequential       : {b / 1e6:8.3f} M tokens/s (batch {args.nltk_batch})")
     print(f"ratio caplab / NLTK   : {a / b:8.1f}x")

@@ -29,7 +29,7 @@ def test_every_sampled_sentence_parses_and_satisfies_the_type_constraints(overri
     # the parser's symbols are the sampler's own parse labels
     doc_symbols = docs.symbols.gather(1, (docs.prompt_length[:, None] + torch.arange(docs.tokens.shape[1])).clamp(max=docs.tokens.shape[1] - 1))
     in_sentence = sentences != G.PAD
-    assert torch.equal(symbols[in_sentence], doc_symbols[in_sentence])
+    assert torch.equal(symbols[in_sentence], doc_symbols[in_sentence].long())
     for name, (ok, total) in type_checks(task, tokens, symbols).items():
         assert total > 0 and ok == total, name
     assert (docs.length <= task.cfg.max_length).all()

@@ -208,10 +208,9 @@ class ConceptLanguage(Task):
             sentences, fits = draw_sentences(self, m, generator, device)
             tasks = torch.full((m,), task, device=device) if task is not None else \
                 torch.searchsorted(cdf, torch.rand(m, generator=generator, device=device), right=True).clamp(max=2)
-            docs, doc_fits = make_documents(self, sentences, tasks, generator, device)
-            keep = (fits & doc_fits).nonzero().squeeze(1)[: n - have]
-            parts.append(docs.select(keep))
-            have += len(keep)
+            docs = make_documents(self, sentences, tasks, generator, device, accept=fits, limit=n - have)
+            parts.append(docs)
+            have += len(docs.task)
         return parts[0] if len(parts) == 1 else Documents.cat(parts)
 
     def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:

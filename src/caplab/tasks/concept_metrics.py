@@ -164,7 +164,7 @@ def eval_sets(task, device) -> dict:
         sets = {f"T{t}": task.sample_documents(n, generator, device, task=t) for t in range(3)}
         pairs = reachable_sentences(task, cfg.eval_reachable, generator, device)
         for t in (0, 1):
-            docs, _ = make_documents(task, pairs, torch.full((len(pairs.length),), t, device=device), generator, device)
+            docs = make_documents(task, pairs, torch.full((len(pairs.length),), t, device=device), generator, device)
             sets[f"reachable_T{t}"] = docs
         task._eval_cache[key] = sets
     return task._eval_cache[key]

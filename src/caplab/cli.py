@@ -108,7 +108,7 @@ def cmd_runs(args) -> None:
     if args.rebuild:
         print(f"caplab: catalog rebuilt from {catalog.rebuild()} run directories", file=sys.stderr)
     rows = catalog.runs(recipe=args.recipe, status=args.status)
-    headline = sorted({k for r in rows for k in r["summary"] if k not in ("step", "tokens")})
+    headline = sorted({k for r in rows for k, v in r["summary"].items() if k not in ("step", "tokens") and isinstance(v, float)})
     table = [["run", "recipe", "status", "step", *headline]]
     for r in rows:
         s = r["summary"]

@@ -281,3 +281,23 @@ def percolation_figures(figures: Path, n_entities: int, summary: dict, curves: d
     ax.plot(xs, prefactor * xs**exponent, "-", label=f"fit: slope {exponent:.2f} [{low:.2f}, {high:.2f}]")
     _finish_log_figure(fig, ax, figures / names[2], "|K_c| (values per class)", "observed pairs at the transition", log_y=True)
     return names
+
+
+def attention_figure(patterns, heads: list[tuple[int, int]], labels: list[str], path: Path) -> Path:
+    """Heat maps of attention patterns of one sequence, one panel per (layer, head).
+
+    Arguments:
+        patterns: (len(heads), query_pos, key_pos), e.g. `attention_patterns(model, tokens, heads)[:, row]`.
+        labels: one name per position (the sequence's tokens).
+    """
+    n = len(heads)
+    fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.4), dpi=110, squeeze=False)
+    for ax, pattern, (layer, head) in zip(axes[0], patterns, heads):
+        ax.imshow(np.asarray(pattern.detach().cpu().float()), cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+        ax.set_xlabel("key")
+    axes[0][0].set_ylabel("query")
+    _save(fig, Path(path))
+    return Path(path)

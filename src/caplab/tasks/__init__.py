@@ -8,8 +8,9 @@ from caplab.errors import ConfigError
 from caplab.tasks.base import Batch, Task
 from caplab.tasks.compositions import Compositions
 from caplab.tasks.concept_language import ConceptLanguage
+from caplab.tasks.pcfg_counting import PCFGCounting
 
-TASKS: dict[str, type[Task]] = {Compositions.name: Compositions, ConceptLanguage.name: ConceptLanguage}
+TASKS: dict[str, type[Task]] = {Compositions.name: Compositions, ConceptLanguage.name: ConceptLanguage, PCFGCounting.name: PCFGCounting}
 
 
 def make_task(name: str, **overrides) -> Task:
@@ -27,4 +28,4 @@ def make_task(name: str, **overrides) -> Task:
         raise ConfigError(str(exc)) from None
 
 
-__all__ = ["Batch", "Task", "TASKS", "make_task", "Compositions", "ConceptLanguage"]
+__all__ = ["Batch", "Task", "TASKS", "make_task", "Compositions", "ConceptLanguage", "PCFGCounting"]

@@ -1,0 +1,247 @@
+"""Counting and indexing on PCFG strings (Jain et al., ICLR 2024, App. B.2, C.2).
+
+A document asks one question about a window of a PCFG string (`pcfg_grammar`):
+
+    SOS T O O' SOT <window of the string> EOT ART Ans EOS
+
+    T   task: count | count_bigram | index | index_bigram | token_at
+    O   operand: a, b or c (a bigram such as `ab` for the bigram tasks; <null> for token_at)
+    O'  count and index tasks: the size K of the counting window (`count_window`, the paper's 40);
+        token_at: the offset from the end
+
+    count         how many O among the last K tokens of the window
+    count_bigram  how many occurrences of the bigram O lie within the last K tokens
+    index         the distance from EOT of the 6th occurrence of O counted from the end (1 = the last token)
+    index_bigram  the same for the bigram (the distance of its second token)
+    token_at      the token O' positions before EOT (1 = the last token)
+
+Answers are vocabulary tokens: integers 0..K, or a terminal for token_at.
+Documents whose answer would fall outside 0..K (an index beyond K, or an
+operand with fewer than 6 occurrences) are redrawn, and so are strings
+shorter than the window (the paper leaves them unaddressed).
+
+Operands follow the operand prior (`operand_prior`: the paper's `low`
+(.999, .001, 0), `low2` (.99, .01, 0), `medium` (.9, .1, 0), `medium2`
+(.7, .2, .1), `high` (.5, .3, .2) over a, b, c); bigram operands draw both
+letters from it. For fine-tuning, `correlation` = CTr makes, in that
+fraction of documents, count(b) = count(a) + 1 within the counting window,
+by rewriting c tokens there into b or b into c (documents where the c and b
+tokens do not suffice are redrawn). The label histograms are not matched
+across CTr (the paper's Fig. 16); that is still to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+from torch import nn
+
+from caplab.tasks.base import Batch, Task
+from caplab.tasks.pcfg_grammar import sample_strings, windows
+
+TASK_NAMES = ("count", "count_bigram", "index", "index_bigram", "token_at")
+OPERAND_PRIORS = {
+    "low": (0.999, 0.001, 0.0), "low2": (0.99, 0.01, 0.0), "medium": (0.9, 0.1, 0.0),
+    "medium2": (0.7, 0.2, 0.1), "high": (0.5, 0.3, 0.2),
+}
+OCCURRENCE = 6  # the index tasks look for the 6th occurrence
+SPECIALS = ["<pad>", "$", "<", ">", "=", "#", "<null>"]  # pad, SOS, SOT, EOT, ART, EOS, null operand
+PAD, SOS, SOT, EOT, ART, EOS, NULL = range(len(SPECIALS))
+
+
+@dataclass
+class PCFGCountingConfig:
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # drawn uniformly
+    operand_prior: Literal["low", "low2", "medium", "medium2", "high"] = "medium"
+    window: int = 64  # tokens of the string shown (the paper: 250)
+    count_window: int = 40  # K: the counting window and the largest answer
+    correlation: float = 0.0  # CTr: fraction of documents with count(b) = count(a) + 1
+    loss_on: Literal["all", "answer"] = "all"  # the paper pretrains on every token and fine-tunes on the answer
+    eval_samples: int = 512  # documents per (task, operand) evaluated
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.tasks if t not in TASK_NAMES]
+        if bad or not self.tasks:
+            raise ValueError(f"task.tasks has {bad[0] if bad else 'nothing'}; valid: {', '.join(TASK_NAMES)}")
+        if not 2 <= self.count_window <= self.window:
+            raise ValueError(f"task.count_window must lie in 2..window ({self.window}), got {self.count_window}")
+        if self.window > 729:
+            raise ValueError(f"task.window must be at most 729 (the longest string), got {self.window}")
+        if not 0 <= self.correlation <= 1:
+            raise ValueError(f"task.correlation must lie in [0, 1], got {self.correlation}")
+        if self.eval_samples < 1:
+            raise ValueError(f"task.eval_samples must be at least 1, got {self.eval_samples}")
+
+
+class PCFGCounting(Task):
+    """The PCFG counting / indexing DGP (see module docstring)."""
+
+    name = "pcfg_counting"
+    Config = PCFGCountingConfig
+    primary_metric = "count_a"
+
+    def __init__(self, cfg: Optional[PCFGCountingConfig] = None) -> None:
+        self.cfg = cfg = cfg or PCFGCountingConfig()
+        self.task_offset = len(SPECIALS)
+        self.terminal_offset = self.task_offset + len(TASK_NAMES)  # a, b, c
+        self.bigram_offset = self.terminal_offset + 3  # aa, ab, ..., cc
+        self.number_offset = self.bigram_offset + 9  # 0 .. K
+        self.vocab_size = self.number_offset + cfg.count_window + 1
+        self.doc_len = 5 + cfg.window + 4
+        self.seq_len = self.doc_len - 1
+        self.answer_position = self.doc_len - 2  # the Ans token
+        self.task_ids = torch.tensor([TASK_NAMES.index(t) for t in cfg.tasks])
+        self.prior = torch.tensor(OPERAND_PRIORS[cfg.operand_prior])
+        self._eval_cache: dict = {}
+
+    # ------------------------------------------------------------ answers
+
+    def answers(self, text: torch.Tensor, task: torch.Tensor, first: torch.Tensor, second: torch.Tensor,
+                offset: torch.Tensor) -> torch.Tensor:
+        """Answer tokens (n,), or -1 where the answer falls outside the vocabulary.
+
+        text: (n, window) terminals 0..2; task: (n,) task ids; first/second: (n,) operand letters
+        (second only for bigrams); offset: (n,) positions before EOT for token_at.
+        """
+        K, W = self.cfg.count_window, self.cfg.window
+        tail = text[:, W - K :]
+        single = tail == first[:, None]
+        pair = (tail[:, :-1] == first[:, None]) & (tail[:, 1:] == second[:, None])
+        counts = torch.where(task == 0, single.sum(1), pair.sum(1))
+        # the index tasks scan from the end of the whole window
+        hits = (text == first[:, None]).flip(1)  # position 0 = the last token
+        pair_hits = torch.zeros_like(hits)
+        pair_hits[:, :-1] = ((text[:, 1:] == second[:, None]) & (text[:, :-1] == first[:, None])).flip(1)
+        hits = torch.where((task == 3)[:, None], pair_hits, hits)
+        nth = (hits.long().cumsum(1) == OCCURRENCE) & hits
+        found = nth.any(1)
+        index = nth.float().argmax(1) + 1  # distance from EOT
+        index = torch.where(found & (index <= K), index, -1)
+        token = text.gather(1, (W - offset).clamp(0, W - 1)[:, None]).squeeze(1)
+        number = torch.where(task <= 1, counts, index)
+        answer = torch.where(number >= 0, self.number_offset + number, -1)
+        return torch.where(task == 4, self.terminal_offset + token, answer)
+
+    # ------------------------------------------------------------ documents
+
+    def _draw(self, n: int, generator, device, task: Optional[int], operand: Optional[int],
+              correlation: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Candidate documents (n, doc_len), their task ids and operands, and whether each is valid."""
+        cfg, W, K = self.cfg, self.cfg.window, self.cfg.count_window
+        strings = sample_strings(n, generator, device)
+        text, length = windows(strings, W, generator)
+        ok = length >= W
+        text = text.clamp(min=0)
+        ids = self.task_ids.to(device)
+        tasks = ids[(torch.rand(n, generator=generator, device=device) * len(ids)).long()] if task is None else \
+            torch.full((n,), task, device=device)
+        prior = self.prior.to(device)
+        first = torch.multinomial(prior, n, replacement=True, generator=generator) if operand is None else \
+            torch.full((n,), operand, device=device)
+        second = torch.multinomial(prior, n, replacement=True, generator=generator)
+        offset = 1 + (torch.rand(n, generator=generator, device=device) * K).long()
+
+        if correlation > 0:  # count(b) = count(a) + 1 inside the counting window, by rewriting c <-> b there
+            text, rewritten = self._correlate(text, torch.rand(n, generator=generator, device=device) < correlation, generator)
+            ok &= rewritten
+        answer = self.answers(text, tasks, first, second, offset)
+        ok &= answer >= 0
+
+        is_bigram = (tasks == 1) | (tasks == 3)
+        operand_token = torch.where(is_bigram, self.bigram_offset + 3 * first + second, self.terminal_offset + first)
+        operand_token = torch.where(tasks == 4, NULL, operand_token)
+        size_token = self.number_offset + torch.where(tasks == 4, offset, K)
+        column = lambda v: torch.as_tensor(v, device=device).expand(n)[:, None]  # noqa: E731
+        docs = torch.cat([column(SOS), (self.task_offset + tasks)[:, None], operand_token[:, None], size_token[:, None], column(SOT),
+                          self.terminal_offset + text, column(EOT), column(ART), answer.clamp(min=0)[:, None], column(EOS)], 1)
+        return docs, tasks, first, ok
+
+    def _correlate(self, text: torch.Tensor, chosen: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewrite c <-> b inside the counting window of chosen rows so that count(b) = count(a) + 1."""
+        K, W = self.cfg.count_window, self.cfg.window
+        tail = text[:, W - K :]
+        need = (tail == 0).sum(1) + 1 - (tail == 1).sum(1)  # b tokens to add (negative: to remove)
+        source = torch.where((need > 0)[:, None], tail == 2, tail == 1)  # c to turn into b, or b into c
+        feasible = ~chosen | (source.sum(1) >= need.abs())
+        # rewrite the |need| source tokens with the smallest random keys
+        keys = torch.where(source, torch.rand(tail.shape, generator=generator, device=text.device), 2.0)
+        rank = keys.argsort(1).argsort(1)
+        rewrite = chosen[:, None] & source & (rank < need.abs()[:, None])
+        new_tail = torch.where(rewrite, torch.where((need > 0)[:, None], 1, 2), tail)
+        return torch.cat([text[:, : W - K], new_tail], 1), feasible
+
+    def sample_documents(self, n: int, generator, device, task: Optional[int] = None, operand: Optional[int] = None,
+                         correlation: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """n valid documents: (docs (n, doc_len), task ids (n,), first operand letters (n,))."""
+        correlation = self.cfg.correlation if correlation is None else correlation
+        parts, have = [], 0
+        while have < n:
+            m = 2 * (n - have) + 16  # about half the strings are shorter than a 250-token window
+            docs, tasks, first, ok = self._draw(m, generator, device, task, operand, correlation)
+            keep = ok.nonzero().squeeze(1)[: n - have]
+            parts.append((docs[keep], tasks[keep], first[keep]))
+            have += len(keep)
+        return tuple(torch.cat(p) for p in zip(*parts))
+
+    def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
+        docs, tasks, first = self.sample_documents(batch_size, generator, device)
+        mask = torch.ones(batch_size, self.seq_len, device=device)
+        if self.cfg.loss_on == "answer":
+            mask.zero_()
+            mask[:, self.answer_position - 1] = 1.0  # the target at this input position is Ans
+        return Batch(docs[:, :-1], docs[:, 1:], mask, {"task": tasks, "operand": first})
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, device: torch.device, correlation: float = 0.0) -> dict[str, float]:
+        """Answer accuracy (greedy: the argmax at the answer position) per task and operand letter.
+
+        Metrics are `{task}_{operand}` (e.g. `count_a`, `index_b`; `token_at` has no operand), on
+        fresh documents with test correlation CTe = `correlation` (0 by default).
+        """
+        key = (str(device), correlation)
+        if key not in self._eval_cache:
+            generator = torch.Generator(device=device).manual_seed(self.cfg.seed + 17)
+            sets = {}
+            for task in self.cfg.tasks:
+                letters = [None] if task == "token_at" else range(3)
+                for letter in letters:  # letters the prior never draws are evaluated too: untrained capabilities
+                    name = task if letter is None else f"{task}_{'abc'[letter]}"
+                    docs, _, _ = self.sample_documents(self.cfg.eval_samples, generator, device, TASK_NAMES.index(task),
+                                                       letter, correlation)
+                    sets[name] = docs
+            self._eval_cache[key] = sets
+        metrics = {}
+        for name, docs in self._eval_cache[key].items():
+            logits = model(docs[:, : self.answer_position])[:, -1]
+            metrics[name] = (logits.argmax(-1) == docs[:, self.answer_position]).float().mean().item()
+        return metrics
+
+    def headline(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {k: metrics[k] for k in ("count_a", "count_b", "index_a", "index_b") if k in metrics}
+
+    # ------------------------------------------------------------ reading
+
+    def token_name(self, token: int) -> str:
+        token = int(token)
+        if token < self.task_offset:
+            return SPECIALS[token]
+        if token < self.terminal_offset:
+            return TASK_NAMES[token - self.task_offset]
+        if token < self.bigram_offset:
+            return "abc"[token - self.terminal_offset]
+        if token < self.number_offset:
+            first, second = divmod(token - self.bigram_offset, 3)
+            return "abc"[first] + "abc"[second]
+        return str(token - self.number_offset)
+
+    def decode(self, tokens) -> str:
+        return " ".join(self.token_name(t) for t in tokens)
+
+    def describe(self) -> dict:
+        return {"config": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size, "doc_len": self.doc_len}

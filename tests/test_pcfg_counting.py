@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from caplab.tasks import make_task
+from caplab.tasks.pcfg_counting import ART, EOS, EOT, OPERAND_PRIORS, SOS, SOT, TASK_NAMES
+
+CPU = torch.device("cpu")
+
+
+def reference_answer(task, text, first, second, offset, K):
+    """Straightforward Python answers, or None when outside 0..K."""
+    tail = text[-K:]
+    if task == "count":
+        return sum(t == first for t in tail)
+    if task == "count_bigram":
+        return sum(tail[i] == first and tail[i + 1] == second for i in range(K - 1))
+    if task == "token_at":
+        return ("terminal", text[-offset])
+    seen = 0
+    for distance in range(1, len(text) + 1):
+        i = len(text) - distance
+        hit = text[i] == first if task == "index" else (i >= 1 and text[i - 1] == first and text[i] == second)
+        seen += hit
+        if seen == 6:
+            return distance if distance <= K else None
+    return None
+
+
+def test_answers_match_a_python_reference():
+    task = make_task("pcfg_counting", window=48, count_window=20)
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    text = torch.randint(3, (n, 48), generator=g)
+    tasks = torch.randint(5, (n,), generator=g)
+    first, second = torch.randint(3, (n,), generator=g), torch.randint(3, (n,), generator=g)
+    offset = 1 + torch.randint(20, (n,), generator=g)
+    answers = task.answers(text, tasks, first, second, offset)
+    for i in range(n):
+        expected = reference_answer(TASK_NAMES[int(tasks[i])], text[i].tolist(), int(first[i]), int(second[i]), int(offset[i]), 20)
+        if expected is None:
+            assert answers[i] == -1
+        elif isinstance(expected, tuple):
+            assert answers[i] == task.terminal_offset + expected[1]
+        else:
+            assert answers[i] == task.number_offset + expected
+
+
+def test_documents_have_the_layout_and_their_answers():
+    task = make_task("pcfg_counting")
+    docs, tasks, first = task.sample_documents(300, torch.Generator().manual_seed(1), CPU)
+    W = task.cfg.window
+    assert docs.shape == (300, task.doc_len) and docs.max() < task.vocab_size
+    assert (docs[:, 0] == SOS).all() and (docs[:, 4] == SOT).all()
+    assert (docs[:, 5 + W] == EOT).all() and (docs[:, 6 + W] == ART).all() and (docs[:, -1] == EOS).all()
+    text = docs[:, 5 : 5 + W] - task.terminal_offset
+    assert text.min() >= 0 and text.max() <= 2
+    for i in range(300):
+        name = TASK_NAMES[int(tasks[i])]
+        operand = task.token_name(int(docs[i, 2]))
+        if name == "token_at":
+            assert operand == "<null>"
+            offset = int(task.token_name(int(docs[i, 3])))
+            assert task.token_name(int(docs[i, task.answer_position])) == "abc"[text[i, W - offset]]
+        else:
+            letters = ["abc".index(ch) for ch in operand]
+            expected = reference_answer(name, text[i].tolist(), letters[0], letters[-1], 1, task.cfg.count_window)
+            assert int(task.token_name(int(docs[i, task.answer_position]))) == expected
+            assert letters[0] == first[i]
+    assert set(tasks.tolist()) == set(range(5))
+
+
+def test_operands_follow_the_prior():
+    task = make_task("pcfg_counting", tasks=["count"], operand_prior="medium2")
+    _, _, first = task.sample_documents(6000, torch.Generator().manual_seed(2), CPU)
+    for letter, p in enumerate(OPERAND_PRIORS["medium2"]):
+        share = (first == letter).float().mean().item()
+        assert abs(share - p) < 4.5 * np.sqrt(p * (1 - p) / 6000) + 1e-9
+
+
+def test_correlation_makes_count_b_equal_count_a_plus_one():
+    K = 40
+    task = make_task("pcfg_counting", tasks=["count"], correlation=1.0)
+    docs, _, _ = task.sample_documents(500, torch.Generator().manual_seed(3), CPU)
+    tail = docs[:, 5 + task.cfg.window - K : 5 + task.cfg.window] - task.terminal_offset
+    assert ((tail == 1).sum(1) == (tail == 0).sum(1) + 1).all()
+    plain = make_task("pcfg_counting", tasks=["count"])
+    docs, _, _ = plain.sample_documents(500, torch.Generator().manual_seed(3), CPU)
+    tail = docs[:, 5 + plain.cfg.window - K : 5 + plain.cfg.window] - plain.terminal_offset
+    assert ((tail == 1).sum(1) == (tail == 0).sum(1) + 1).float().mean() < 0.2
+    half = make_task("pcfg_counting", tasks=["count"], correlation=0.5)
+    docs, _, _ = half.sample_documents(2000, torch.Generator().manual_seed(4), CPU)
+    tail = docs[:, 5 + half.cfg.window - K : 5 + half.cfg.window] - half.terminal_offset
+    share = ((tail == 1).sum(1) == (tail == 0).sum(1) + 1).float().mean().item()
+    assert 0.45 < share < 0.65  # CTr plus the rows where it holds by chance
+
+
+class Oracle(nn.Module):
+    """Puts all its mass on the right answer of the documents it was built from."""
+
+    def __init__(self, task, docs):
+        super().__init__()
+        self.task = task
+        self.answers = {tuple(d[: task.answer_position].tolist()): int(d[task.answer_position]) for d in docs}
+
+    def forward(self, tokens):
+        logits = torch.zeros(*tokens.shape, self.task.vocab_size)
+        for i, row in enumerate(tokens):
+            logits[i, -1, self.answers[tuple(row.tolist())]] = 1.0
+        return logits
+
+
+def test_evaluate_scores_answers_per_task_and_operand():
+    task = make_task("pcfg_counting", eval_samples=16)
+    constant = nn.Module()
+    constant.forward = lambda tokens: torch.zeros(*tokens.shape, task.vocab_size)
+    metrics = task.evaluate(constant, CPU)
+    assert set(metrics) == {f"{t}_{x}" for t in TASK_NAMES if t != "token_at" for x in "abc"} | {"token_at"}
+    docs = torch.cat(list(task._eval_cache[(str(CPU), 0.0)].values()))
+    assert all(v == 1.0 for v in task.evaluate(Oracle(task, docs), CPU).values())
+    assert metrics["count_a"] == (docs[:16, task.answer_position] == 0).float().mean().item()  # argmax of zeros is token 0
+
+
+def test_answer_only_loss_mask():
+    task = make_task("pcfg_counting", loss_on="answer")
+    batch = task.sample(8, torch.Generator().manual_seed(5), CPU)
+    assert (batch.loss_mask.sum(1) == 1).all()
+    position = batch.loss_mask[0].nonzero().item()
+    assert (batch.tokens[:, position] == ART).all()
+
+
+def test_bad_config():
+    from caplab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="task.tasks"):
+        make_task("pcfg_counting", tasks=["sum"])
+    with pytest.raises(ConfigError, match="count_window"):
+        make_task("pcfg_counting", window=30, count_window=40)

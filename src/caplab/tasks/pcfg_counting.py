@@ -131,7 +131,7 @@ class PCFGCounting(Task):
     def _draw(self, n: int, generator, device, task: Optional[int], operand: Optional[int],
               correlation: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Candidate documents (n, doc_len), their task ids and operands, and whether each is valid."""
-        cfg, W, K = self.cfg, self.cfg.window, self.cfg.count_window
+        W, K = self.cfg.window, self.cfg.count_window
         strings = sample_strings(n, generator, device)
         text, length = windows(strings, W, generator)
         ok = length >= W

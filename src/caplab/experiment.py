@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from caplab.config import ExperimentConfig, config_from_json
-from caplab.errors import CaplabError
+from caplab.errors import CaplabError, ConfigError
 from caplab.models.gpt import GPT
 from caplab.runs.catalog import Catalog
 from caplab.runs.report import write_report
@@ -18,12 +18,33 @@ from caplab.runs.store import RunStore
 from caplab.train.trainer import Trainer
 
 
-def build(cfg: ExperimentConfig, store: Optional[RunStore] = None):
-    """Task, model (initialised from train.seed) and trainer for `cfg`."""
+def build(cfg: ExperimentConfig, store: Optional[RunStore] = None, root: Optional[Path] = None):
+    """Task, model (initialised from train.seed, or from train.init_from's weights) and trainer for `cfg`.
+
+    `root` is where train.init_from's run is looked up (default: the runs root).
+    """
     task = cfg.make_task()
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
+    if cfg.train.init_from:
+        load_initial_weights(model, cfg.train.init_from, root)
     return task, model, Trainer(task, model, cfg.train, store)
+
+
+def load_initial_weights(model: GPT, source: str, root: Optional[Path] = None) -> dict:
+    """Load "RUN" or "RUN@STEP" weights (hash-checked) into `model`; return the checkpoint's manifest entry."""
+    name, _, step = source.partition("@")
+    if step and not step.isdigit():
+        raise ConfigError(f"bad value {source!r} for 'train.init_from'; expected RUN or RUN@STEP")
+    tensors, entry = RunStore.open(name, root).load_weights(int(step) if step else None)
+    expected = model.state_dict()
+    mismatched = [k for k in expected if k not in tensors or tensors[k].shape != expected[k].shape]
+    if mismatched or set(tensors) - set(expected):
+        key = mismatched[0] if mismatched else sorted(set(tensors) - set(expected))[0]
+        raise ConfigError(f"train.init_from={source!r} does not fit this model (first difference: {key}); "
+                          "model.* and the task's vocabulary and length must match the source run")
+    model.load_state_dict(tensors)
+    return entry
 
 
 class _StoreSink:
@@ -41,7 +62,9 @@ class _StoreSink:
 
 
 def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
-    task, model, trainer = build(cfg, _StoreSink(store, catalog))
+    if restore:  # the checkpoint holds the weights: train.init_from's run is not needed any more
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=None))
+    task, model, trainer = build(cfg, _StoreSink(store, catalog), store.path.parent)
     if restore:
         trainer.restore(*store.load_training_state())
     # records past the starting step (from a run that died) are recomputed
@@ -83,6 +106,8 @@ def _emergence_order(records: list[dict], metrics: tuple[str, ...]) -> list[dict
 
 def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optional[str] = None) -> RunStore:
     """A new run directory holding `cfg` (status "created"), catalogued; nothing trained yet."""
+    if cfg.train.init_from:  # a missing source, checkpoint or shape mismatch fails before anything is created
+        load_initial_weights(GPT(cfg.model), cfg.train.init_from, root)
     files = {"config.json": cfg.to_dict(), "task.json": cfg.make_task().describe()}
     store = RunStore.create(cfg.recipe, root, run_id=run_id, files=files)
     Catalog(store.path.parent).upsert_run(store)

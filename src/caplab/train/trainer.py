@@ -50,6 +50,7 @@ class TrainConfig:
     log_spaced: bool = True  # the log-spaced early evaluations and checkpoints
     eval_batch_size: int = 256  # batch of the fixed held-out loss estimate
     progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a terminal
+    init_from: Optional[str] = None  # start from another run's weights: "RUN" (its newest checkpoint) or "RUN@STEP"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):

@@ -137,3 +137,17 @@ def test_bad_config():
         make_task("pcfg_counting", tasks=["sum"])
     with pytest.raises(ConfigError, match="count_window"):
         make_task("pcfg_counting", window=30, count_window=40)
+
+
+def test_fixed_operand_and_test_correlations():
+    task = make_task("pcfg_counting", tasks=["count"], operand="b", eval_correlations=[0.0, 1.0], eval_samples=32)
+    _, _, first = task.sample_documents(200, torch.Generator().manual_seed(6), CPU)
+    assert (first == 1).all()
+    constant = nn.Module()
+    constant.forward = lambda tokens: torch.zeros(*tokens.shape, task.vocab_size)
+    metrics = task.evaluate(constant, CPU)
+    assert set(metrics) == {"count_a", "count_b", "count_c", "count_a_cte1", "count_b_cte1", "count_c_cte1"}
+    docs = task._eval_cache[(str(CPU), 1.0)]["count_b"]
+    tail = docs[:, 5 + task.cfg.window - 40 : 5 + task.cfg.window] - task.terminal_offset
+    assert ((tail == 1).sum(1) == (tail == 0).sum(1) + 1).all()  # CTe = 1: count(b) = count(a) + 1 everywhere
+    assert set(task.headline(metrics)) == {"count_a", "count_b", "count_a_cte1", "count_b_cte1"}

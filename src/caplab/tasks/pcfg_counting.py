@@ -22,8 +22,9 @@ shorter than the window (the paper leaves them unaddressed).
 
 Operands follow the operand prior (`operand_prior`: the paper's `low`
 (.999, .001, 0), `low2` (.99, .01, 0), `medium` (.9, .1, 0), `medium2`
-(.7, .2, .1), `high` (.5, .3, .2) over a, b, c); bigram operands draw both
-letters from it. For fine-tuning, `correlation` = CTr makes, in that
+(.7, .2, .1), `high` (.5, .3, .2) over a, b, c), or are all one letter
+(`operand: b` for fine-tuning on count b); bigram operands draw both letters
+from it. For fine-tuning, `correlation` = CTr makes, in that
 fraction of documents, count(b) = count(a) + 1 within the counting window,
 by rewriting c tokens there into b or b into c (documents where the c and b
 tokens do not suffice are redrawn). The label histograms are not matched
@@ -56,10 +57,12 @@ PAD, SOS, SOT, EOT, ART, EOS, NULL = range(len(SPECIALS))
 class PCFGCountingConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # drawn uniformly
     operand_prior: Literal["low", "low2", "medium", "medium2", "high"] = "medium"
+    operand: Literal["prior", "a", "b", "c"] = "prior"  # a letter: every operand is that letter (fine-tuning on count b)
     window: int = 64  # tokens of the string shown (the paper: 250)
     count_window: int = 40  # K: the counting window and the largest answer
     correlation: float = 0.0  # CTr: fraction of documents with count(b) = count(a) + 1
     loss_on: Literal["all", "answer"] = "all"  # the paper pretrains on every token and fine-tunes on the answer
+    eval_correlations: list[float] = field(default_factory=lambda: [0.0])  # CTe values evaluated; CTe = c adds `_cte{c}`
     eval_samples: int = 512  # documents per (task, operand) evaluated
     seed: int = 0
 
@@ -73,6 +76,8 @@ class PCFGCountingConfig:
             raise ValueError(f"task.window must be at most 729 (the longest string), got {self.window}")
         if not 0 <= self.correlation <= 1:
             raise ValueError(f"task.correlation must lie in [0, 1], got {self.correlation}")
+        if not self.eval_correlations or not all(0 <= c <= 1 for c in self.eval_correlations):
+            raise ValueError(f"task.eval_correlations must be values in [0, 1], got {self.eval_correlations}")
         if self.eval_samples < 1:
             raise ValueError(f"task.eval_samples must be at least 1, got {self.eval_samples}")
 
@@ -95,7 +100,8 @@ class PCFGCounting(Task):
         self.seq_len = self.doc_len - 1
         self.answer_position = self.doc_len - 2  # the Ans token
         self.task_ids = torch.tensor([TASK_NAMES.index(t) for t in cfg.tasks])
-        self.prior = torch.tensor(OPERAND_PRIORS[cfg.operand_prior])
+        self.prior = torch.tensor(OPERAND_PRIORS[cfg.operand_prior]) if cfg.operand == "prior" else \
+            torch.eye(3)["abc".index(cfg.operand)]
         self._eval_cache: dict = {}
 
     # ------------------------------------------------------------ answers
@@ -198,12 +204,22 @@ class PCFGCounting(Task):
     # ------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, device: torch.device, correlation: float = 0.0) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Answer accuracy (greedy: the argmax at the answer position) per task and operand letter.
 
-        Metrics are `{task}_{operand}` (e.g. `count_a`, `index_b`; `token_at` has no operand), on
-        fresh documents with test correlation CTe = `correlation` (0 by default).
+        Metrics are `{task}_{operand}` (e.g. `count_a`, `index_b`; `token_at` has no operand) on fresh
+        documents without correlation (CTe = 0), and `{task}_{operand}_cte{c}` for every other CTe
+        value c in `eval_correlations`.
         """
+        metrics = {}
+        for correlation in self.cfg.eval_correlations:
+            suffix = "" if correlation == 0 else f"_cte{correlation:g}"
+            metrics.update({k + suffix: v for k, v in self.accuracy(model, device, correlation).items()})
+        return metrics
+
+    @torch.no_grad()
+    def accuracy(self, model: nn.Module, device: torch.device, correlation: float = 0.0) -> dict[str, float]:
+        """`{task}_{operand}` answer accuracy on fixed documents with test correlation CTe = `correlation`."""
         key = (str(device), correlation)
         if key not in self._eval_cache:
             generator = torch.Generator(device=device).manual_seed(self.cfg.seed + 17)
@@ -223,7 +239,7 @@ class PCFGCounting(Task):
         return metrics
 
     def headline(self, metrics: dict[str, float]) -> dict[str, float]:
-        return {k: metrics[k] for k in ("count_a", "count_b", "index_a", "index_b") if k in metrics}
+        return {k: v for k, v in metrics.items() if k.split("_cte")[0] in ("count_a", "count_b", "index_a", "index_b")}
 
     # ------------------------------------------------------------ reading
 

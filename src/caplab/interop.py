@@ -1,0 +1,79 @@
+"""caplab models in the field's tools: HuggingFace GPT-2, and through it TransformerLens.
+
+A caplab GPT is a GPT-2 block stack with exact GELU, LayerNorm eps 1e-5,
+tied embeddings and (by default) no biases in its linear layers, so it maps
+one to one onto `transformers.GPT2LMHeadModel` with `activation_function =
+"gelu"` and zero biases. TransformerLens 4 loads HuggingFace models through
+`TransformerBridge` (its `HookedTransformer` was removed in 4.0), so
+`to_transformer_lens` saves the GPT-2 twin to a temporary folder and boots a
+bridge from it; TransformerLens, SAELens and circuitsvis then work on it.
+
+Needs the `interop` extra (`pip install -e ".[interop]"`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import torch
+
+from caplab.models.gpt import GPT
+
+
+def to_huggingface(model: GPT):
+    """A `transformers.GPT2LMHeadModel` computing the same logits as `model` (float32, eval mode)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = model.cfg
+    config = GPT2Config(
+        vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+        n_inner=cfg.d_mlp, activation_function="gelu", layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, tie_word_embeddings=True,
+    )
+    hf = GPT2LMHeadModel(config)
+    source = {k: v.detach().float() for k, v in model.state_dict().items()}
+    target = hf.state_dict()
+
+    def put(name: str, value: torch.Tensor) -> None:
+        if target[name].shape != value.shape:
+            raise AssertionError(f"{name}: {tuple(value.shape)} does not fit {tuple(target[name].shape)}")
+        target[name] = value.clone()
+
+    def linear(prefix: str, hf_prefix: str, width: int) -> None:
+        # GPT-2's Conv1D stores (in, out): the transpose of nn.Linear's weight
+        put(f"{hf_prefix}.weight", source[f"{prefix}.weight"].T)
+        put(f"{hf_prefix}.bias", source.get(f"{prefix}.bias", torch.zeros(width)))
+
+    put("transformer.wte.weight", source["embed.weight"])
+    put("transformer.wpe.weight", source["pos_embed.weight"])
+    for i in range(cfg.n_layers):
+        b, h = f"blocks.{i}", f"transformer.h.{i}"
+        for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
+            put(f"{h}.{theirs}.weight", source[f"{b}.{ours}.weight"])
+            put(f"{h}.{theirs}.bias", source[f"{b}.{ours}.bias"])
+        linear(f"{b}.attn.qkv", f"{h}.attn.c_attn", 3 * cfg.d_model)  # rows: q, k, v, each heads x d_head, as in GPT-2
+        linear(f"{b}.attn.out", f"{h}.attn.c_proj", cfg.d_model)
+        linear(f"{b}.mlp.fc_in", f"{h}.mlp.c_fc", cfg.d_mlp)
+        linear(f"{b}.mlp.fc_out", f"{h}.mlp.c_proj", cfg.d_model)
+    put("transformer.ln_f.weight", source["ln_final.weight"])
+    put("transformer.ln_f.bias", source["ln_final.bias"])
+    put("lm_head.weight", source["embed.weight"])
+    hf.load_state_dict(target)
+    return hf.eval()
+
+
+def to_transformer_lens(model: GPT, compatibility_mode: bool = False):
+    """A TransformerLens `TransformerBridge` of `model` (via its GPT-2 twin).
+
+    With `compatibility_mode=True` the bridge applies TransformerLens' HookedTransformer
+    weight processing (folded LayerNorms, centred weights): the log-probabilities stay
+    the same, the raw logits shift by a constant per position.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    with tempfile.TemporaryDirectory() as folder:
+        to_huggingface(model).save_pretrained(folder)
+        bridge = TransformerBridge.boot_transformers(folder)
+    if compatibility_mode:
+        bridge.enable_compatibility_mode()
+    return bridge.eval()

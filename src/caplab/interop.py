@@ -25,6 +25,9 @@ def to_huggingface(model: GPT):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = model.cfg
+    if (cfg.normalization_type, cfg.attention_dir, cfg.act_fn, cfg.tied_embeddings) != ("LN", "causal", "gelu", True):
+        raise ValueError("only GPT-2-shaped caplab models (LayerNorm, causal attention, GELU, tied embeddings) "
+                         "have a GPT-2 twin; compiled programs do not")
     config = GPT2Config(
         vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
         n_inner=cfg.d_mlp, activation_function="gelu", layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,

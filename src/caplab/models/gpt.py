@@ -1,5 +1,9 @@
 """A small hooked GPT: decoder-only, pre-LayerNorm, learned positions, tied embeddings.
 
+Four config fields describe compiled (Tracr-style) models instead: no
+normalisation, bidirectional attention, ReLU MLPs and a separate unembedding
+(`caplab.rasp_compiler` builds such models).
+
 Readable top to bottom. Hook points carry TransformerLens-canonical names so
 caches, probes and ablations line up with the tools of the field:
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +41,10 @@ class GPTConfig:
     n_ctx: int = 64
     d_vocab: int = 64
     bias: bool = False  # biases in the linear layers (LayerNorms always have them)
+    normalization_type: Literal["LN", "none"] = "LN"  # none: compiled programs (residual values are exact)
+    attention_dir: Literal["causal", "bidirectional"] = "causal"
+    act_fn: Literal["gelu", "relu"] = "gelu"
+    tied_embeddings: bool = True  # False: a separate `unembed` matrix (compiled programs read outputs from their own space)
 
     def __post_init__(self) -> None:
         if self.d_mlp is None:
@@ -76,6 +84,21 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(F.layer_norm(x, x.shape[-1:], self.weight, self.bias, 1e-5))
 
 
+class NoNorm(nn.Module):
+    """The identity where a LayerNorm would be (normalization_type "none"); keeps the hook name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hook_normalized(x)
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    return LayerNorm(cfg.d_model) if cfg.normalization_type == "LN" else NoNorm()
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int) -> None:
         super().__init__()
@@ -94,7 +117,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
 
         past = 0
+        causal = self.cfg.attention_dir == "causal"
         if cache is not None:
+            if not causal:
+                raise ValueError("a KV cache needs causal attention (this model attends in both directions)")
             past = cache.length
             cache.keys[self.layer, :, :, past : past + T] = k
             cache.values[self.layer, :, :, past : past + T] = v
@@ -104,11 +130,12 @@ class Attention(nn.Module):
         if self.hook_pattern.is_hooked:
             # explicit attention only when someone wants to see (or edit) the pattern
             scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, past+T)
-            scores = scores.masked_fill(~_causal_mask(T, past, x.device), float("-inf"))
+            if causal:
+                scores = scores.masked_fill(~_causal_mask(T, past, x.device), float("-inf"))
             pattern = self.hook_pattern(scores.softmax(-1))
             z = pattern @ v  # (B, nh, T, hs)
         elif past == 0:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         elif T == 1:
             z = F.scaled_dot_product_attention(q, k, v)  # one new query sees everything
         else:
@@ -131,16 +158,17 @@ class MLP(nn.Module):
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.bias)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.bias)
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+        self.act = F.gelu if cfg.act_fn == "gelu" else F.relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(self.hook_post(F.gelu(self.hook_pre(self.fc_in(x)))))
+        return self.fc_out(self.hook_post(self.act(self.hook_pre(self.fc_in(x)))))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int) -> None:
         super().__init__()
-        self.ln1, self.attn = LayerNorm(cfg.d_model), Attention(cfg, layer)
-        self.ln2, self.mlp = LayerNorm(cfg.d_model), MLP(cfg)
+        self.ln1, self.attn = make_norm(cfg), Attention(cfg, layer)
+        self.ln2, self.mlp = make_norm(cfg), MLP(cfg)
         self.hook_resid_pre, self.hook_resid_mid, self.hook_resid_post = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_out, self.hook_mlp_out = HookPoint(), HookPoint()
 
@@ -160,7 +188,9 @@ class GPT(HookedModule):
         self.pos_embed = nn.Embedding(cfg.n_ctx, cfg.d_model)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
-        self.ln_final = LayerNorm(cfg.d_model)
+        self.ln_final = make_norm(cfg)
+        if not cfg.tied_embeddings:
+            self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
         self.apply(self._init_weights)
         for name, param in self.named_parameters():
             if name.endswith(("attn.out.weight", "mlp.fc_out.weight")):
@@ -191,7 +221,8 @@ class GPT(HookedModule):
             x = block(x, cache)
         if cache is not None:
             cache.length += T
-        return self.ln_final(x) @ self.embed.weight.T  # (B, T, d_vocab)
+        unembed = self.embed.weight if self.cfg.tied_embeddings else self.unembed.weight
+        return self.ln_final(x) @ unembed.T  # (B, T, d_vocab)
 
     @torch.no_grad()
     def generate(

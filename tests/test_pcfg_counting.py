@@ -96,6 +96,22 @@ def test_correlation_makes_count_b_equal_count_a_plus_one():
     assert 0.45 < share < 0.65  # CTr plus the rows where it holds by chance
 
 
+def test_correlation_keeps_the_label_histogram():
+    """Fig. 16 of the paper: the count(b) labels look alike at CTr = 0 and CTr = 1."""
+    K, n = 40, 4000
+
+    def label_histogram(correlation, seed):
+        task = make_task("pcfg_counting", tasks=["count"], operand="b", correlation=correlation)
+        docs, _, _ = task.sample_documents(n, torch.Generator().manual_seed(seed), CPU)
+        tail = docs[:, 5 + task.cfg.window - K : 5 + task.cfg.window] - task.terminal_offset
+        assert torch.equal(docs[:, task.answer_position] - task.number_offset, (tail == 1).sum(1))
+        return torch.bincount((tail == 1).sum(1), minlength=K + 1).float() / n
+
+    natural, coupled, again = label_histogram(0.0, 5), label_histogram(1.0, 6), label_histogram(0.0, 7)
+    noise = 0.5 * (natural - again).abs().sum().item()  # two draws of the same distribution
+    assert 0.5 * (natural - coupled).abs().sum().item() < max(0.06, 2 * noise)
+
+
 class Oracle(nn.Module):
     """Puts all its mass on the right answer of the documents it was built from."""
 

@@ -74,3 +74,26 @@ def test_nan_loss_stops_with_a_clear_error():
 def test_make_task_overrides():
     task = make_task("compositions", n_depths=2, n_functions=1, n_train_compositions=2)
     assert len(task.inorder) == 4
+
+
+def test_sgd_first_step_is_plain_gradient_descent_and_state_round_trips():
+    cfg = load_config("demo", TINY + ["train.optimizer=sgd", "train.lr=0.1", "train.warmup_steps=0", "train.weight_decay=0",
+                                      "train.grad_clip=0", "train.momentum=0.5"])
+    _, model, trainer = build(cfg)
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    batch = trainer.task.sample(cfg.train.batch_size, generator, trainer.device)
+    model.zero_grad()
+    trainer.loss(batch).backward()
+    grads = {k: v.grad.clone() for k, v in model.named_parameters()}
+    trainer.train_step()  # draws the same batch: the trainer's generator has the same seed
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.detach(), before[name] - 0.1 * grads[name], rtol=1e-5, atol=1e-6)
+    tensors, extra, meta = trainer.state_tensors()
+    _, _, other = build(cfg)
+    other.restore(tensors, extra, meta)
+    key = next(iter(trainer.optimizer.state))
+    index = list(trainer.model.parameters()).index(key)
+    theirs = other.optimizer.state[list(other.model.parameters())[index]]["momentum_buffer"]
+    torch.testing.assert_close(theirs, trainer.optimizer.state[key]["momentum_buffer"])

@@ -9,8 +9,10 @@ from caplab.tasks.base import Batch, Task
 from caplab.tasks.compositions import Compositions
 from caplab.tasks.concept_language import ConceptLanguage
 from caplab.tasks.pcfg_counting import PCFGCounting
+from caplab.tasks.rasp_counting import RaspCounting
 
-TASKS: dict[str, type[Task]] = {Compositions.name: Compositions, ConceptLanguage.name: ConceptLanguage, PCFGCounting.name: PCFGCounting}
+TASKS: dict[str, type[Task]] = {Compositions.name: Compositions, ConceptLanguage.name: ConceptLanguage, PCFGCounting.name: PCFGCounting,
+                               RaspCounting.name: RaspCounting}
 
 
 def make_task(name: str, **overrides) -> Task:
@@ -28,4 +30,4 @@ def make_task(name: str, **overrides) -> Task:
         raise ConfigError(str(exc)) from None
 
 
-__all__ = ["Batch", "Task", "TASKS", "make_task", "Compositions", "ConceptLanguage", "PCFGCounting"]
+__all__ = ["Batch", "Task", "TASKS", "make_task", "Compositions", "ConceptLanguage", "PCFGCounting", "RaspCounting"]

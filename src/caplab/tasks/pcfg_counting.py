@@ -26,9 +26,10 @@ Operands follow the operand prior (`operand_prior`: the paper's `low`
 (`operand: b` for fine-tuning on count b); bigram operands draw both letters
 from it. For fine-tuning, `correlation` = CTr makes, in that
 fraction of documents, count(b) = count(a) + 1 within the counting window,
-by rewriting c tokens there into b or b into c (documents where the c and b
-tokens do not suffice are redrawn). The label histograms are not matched
-across CTr (the paper's Fig. 16); that is still to do.
+by rewriting c tokens there into a or a into c. The b tokens are never
+touched, so the fine-tuning label count(b) has the same histogram at every
+CTr, as the paper asks (its Fig. 16); documents without a b in the window, or
+without enough c tokens, are redrawn.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class PCFGCounting(Task):
         second = torch.multinomial(prior, n, replacement=True, generator=generator)
         offset = 1 + (torch.rand(n, generator=generator, device=device) * K).long()
 
-        if correlation > 0:  # count(b) = count(a) + 1 inside the counting window, by rewriting c <-> b there
+        if correlation > 0:  # count(b) = count(a) + 1 inside the counting window, by rewriting c <-> a there
             text, rewritten = self._correlate(text, torch.rand(n, generator=generator, device=device) < correlation, generator)
             ok &= rewritten
         answer = self.answers(text, tasks, first, second, offset)
@@ -167,17 +168,22 @@ class PCFGCounting(Task):
         return docs, tasks, first, ok
 
     def _correlate(self, text: torch.Tensor, chosen: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewrite c <-> b inside the counting window of chosen rows so that count(b) = count(a) + 1."""
+        """Rewrite c <-> a inside the counting window of chosen rows so that count(b) = count(a) + 1.
+
+        The b tokens stay as drawn, so the fine-tuning label count(b) keeps its natural histogram at
+        every CTr (the paper's Fig. 16); rows without a b in the window cannot be rewritten.
+        """
         K, W = self.cfg.count_window, self.cfg.window
         tail = text[:, W - K :]
-        need = (tail == 0).sum(1) + 1 - (tail == 1).sum(1)  # b tokens to add (negative: to remove)
-        source = torch.where((need > 0)[:, None], tail == 2, tail == 1)  # c to turn into b, or b into c
-        feasible = ~chosen | (source.sum(1) >= need.abs())
+        n_b = (tail == 1).sum(1)
+        need = n_b - 1 - (tail == 0).sum(1)  # a tokens to add (negative: to remove)
+        source = torch.where((need > 0)[:, None], tail == 2, tail == 0)  # c to turn into a, or a into c
+        feasible = ~chosen | ((n_b >= 1) & (source.sum(1) >= need.abs()))
         # rewrite the |need| source tokens with the smallest random keys
         keys = torch.where(source, torch.rand(tail.shape, generator=generator, device=text.device), 2.0)
         rank = keys.argsort(1).argsort(1)
-        rewrite = chosen[:, None] & source & (rank < need.abs()[:, None])
-        new_tail = torch.where(rewrite, torch.where((need > 0)[:, None], 1, 2), tail)
+        rewrite = (chosen & feasible)[:, None] & source & (rank < need.abs()[:, None])
+        new_tail = torch.where(rewrite, torch.where((need > 0)[:, None], 0, 2), tail)
         return torch.cat([text[:, : W - K], new_tail], 1), feasible
 
     def sample_documents(self, n: int, generator, device, task: Optional[int] = None, operand: Optional[int] = None,

@@ -26,6 +26,11 @@ def make_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[fl
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, **extra)
 
 
+def make_sgd(model: nn.Module, lr: float, weight_decay: float, momentum: float) -> torch.optim.SGD:
+    """SGD with momentum over `param_groups` (Jain et al. fine-tune compiled Tracr models with it)."""
+    return torch.optim.SGD(param_groups(model, weight_decay), lr=lr, momentum=momentum)
+
+
 def warmup_cosine(step: int, total: int, lr: float, min_lr: float, warmup: int) -> float:
     """Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at `total`."""
     if step < warmup:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from caplab.errors import TrainingDiverged
 from caplab.tasks.base import Task
 from caplab.train import state as train_state
-from caplab.train.optim import make_adamw, warmup_cosine
+from caplab.train.optim import make_adamw, make_sgd, warmup_cosine
 
 EVENTS = ("on_train_start", "on_step_end", "on_eval", "on_checkpoint", "on_train_end")
 
@@ -51,6 +51,8 @@ class TrainConfig:
     eval_batch_size: int = 256  # batch of the fixed held-out loss estimate
     progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a terminal
     init_from: Optional[str] = None  # start from another run's weights: "RUN" (its newest checkpoint) or "RUN@STEP"
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: with `momentum`, no betas
+    momentum: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
@@ -100,7 +102,10 @@ class Trainer:
         self.task, self.cfg, self.store = task, cfg, store
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
+        if cfg.optimizer == "sgd":
+            self.optimizer = make_sgd(model, cfg.lr, cfg.weight_decay, cfg.momentum)
+        else:
+            self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.step = 0
         self.tokens_per_step = cfg.batch_size * task.seq_len

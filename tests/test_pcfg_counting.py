@@ -77,6 +77,11 @@ def test_operands_follow_the_prior():
     for letter, p in enumerate(OPERAND_PRIORS["medium2"]):
         share = (first == letter).float().mean().item()
         assert abs(share - p) < 4.5 * np.sqrt(p * (1 - p) / 6000) + 1e-9
+    swapped = make_task("pcfg_counting", tasks=["count"], operand_prior="medium2", swap_operands=True)
+    _, _, first = swapped.sample_documents(6000, torch.Generator().manual_seed(2), CPU)
+    for letter, p in enumerate((0.2, 0.7, 0.1)):
+        share = (first == letter).float().mean().item()
+        assert abs(share - p) < 4.5 * np.sqrt(p * (1 - p) / 6000)
 
 
 def test_correlation_makes_count_b_equal_count_a_plus_one():

@@ -31,6 +31,10 @@ def cmd_run(args) -> None:
         return _run_sweep(create_sweep(args.recipe, {}, None, args.set, None, _root(args)))
     if kind == "percolation":
         return _run_percolation(args)
+    if kind == "finetune":
+        from caplab.finetune_study import create_study
+
+        return _run_study(create_study(args.recipe, args.set, _root(args)))
     cfg = load_config(args.recipe, args.set)
     print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
     path = run_experiment(cfg, _root(args))
@@ -95,10 +99,33 @@ def _run_sweep(path: Path) -> None:
     print(path)
 
 
+def _run_study(path: Path) -> None:
+    from caplab.finetune_study import run_study
+
+    print(f"caplab study: {path}", file=sys.stderr)
+    s = run_study(path)
+    src, tgt = s["source_metric"], s["target_metric"]
+    for row in s["grid"]:
+        print(f"lr {row['lr_name']:<7} CTr {row['correlation']:<4g} {tgt} {row[tgt]:.3f} (CTe 0) "
+              f"{row.get(tgt + '_cte1') or 0:.3f} (CTe 1)   {src} {row[src]:.3f}")
+    curve = s["pruning"]["curve"]
+    print(f"pruning {s['pruning']['best_k']} {s['pruning']['granularity']}s: {src} {curve[0][src]:.3f} -> "
+          f"{curve[s['pruning']['best_k']][src]:.3f}")
+    for stage, revival in s["revival"].items():
+        print(f"{stage:<11} reaches {src} {revival['reach']} at step {revival['steps_to_reach']} (final {revival['final']:.3f})")
+    print(path)
+
+
 def cmd_resume(args) -> None:
     from caplab.experiment import resume_run
+    from caplab.runs.store import runs_root
 
-    print(resume_run(args.run, _root(args)))
+    root = _root(args)
+    if (Path(args.run) / "study.json").is_file() or ((root or runs_root()) / "studies" / args.run / "study.json").is_file():
+        from caplab.finetune_study import open_study
+
+        return _run_study(open_study(args.run, root))
+    print(resume_run(args.run, root))
 
 
 def cmd_runs(args) -> None:
@@ -192,7 +219,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep (its folder or name)")
     p.set_defaults(fn=cmd_sweep)
 
-    p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint"))
+    p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint, or an interrupted fine-tuning study"))
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
 

@@ -82,11 +82,11 @@ def recipe_description(name: str) -> str:
     return str(load_recipe(name)[1].get("description", "")).strip().splitlines()[0]
 
 
-RECIPE_KINDS = ("train", "percolation")
+RECIPE_KINDS = ("train", "percolation", "finetune")
 
 
 def recipe_kind(data: dict) -> str:
-    """"train" (one training run), "sweep" (a training recipe with a `sweep:` section) or "percolation"."""
+    """"train" (one training run), "sweep" (a training recipe with a `sweep:` section), "percolation" or "finetune"."""
     kind = data.get("kind", "train")
     if kind not in RECIPE_KINDS:
         raise ConfigError(f"bad value {kind!r} for 'kind'; valid: {', '.join(RECIPE_KINDS)}")

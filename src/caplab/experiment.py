@@ -114,6 +114,22 @@ def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optio
     return store
 
 
+def record_model_run(store: RunStore, cfg: ExperimentConfig, model: GPT) -> Path:
+    """Complete a created run with `model` as its step-0 checkpoint and evaluation (a compiled program, say)."""
+    task, fresh, trainer = build(cfg, _StoreSink(store, Catalog(store.path.parent)), store.path.parent)
+    fresh.load_state_dict(model.state_dict())
+    store.set_status("running")
+    record = {"step": 0, "tokens": 0, **trainer.evaluate()}
+    trainer.store.log_metrics(record)
+    tensors, extra, meta = trainer.state_tensors()
+    trainer.store.save_checkpoint(0, 0, tensors, extra, meta)
+    store.write_json("summary.json", {"step": 0, "tokens": 0, "eval_loss": record["eval_loss"], **task.headline(record)})
+    write_report([store], store.path)
+    store.set_status("completed")
+    Catalog(store.path.parent).upsert_run(store)
+    return store.path
+
+
 def train_run(store: RunStore) -> Path:
     """Train a run created by `create_run` from the start."""
     cfg = config_from_json((store.path / "config.json").read_text())

@@ -24,7 +24,10 @@ Operands follow the operand prior (`operand_prior`: the paper's `low`
 (.999, .001, 0), `low2` (.99, .01, 0), `medium` (.9, .1, 0), `medium2`
 (.7, .2, .1), `high` (.5, .3, .2) over a, b, c), or are all one letter
 (`operand: b` for fine-tuning on count b); bigram operands draw both letters
-from it. For fine-tuning, `correlation` = CTr makes, in that
+from it. `swap_operands` exchanges the prior probabilities of a and b (the
+paper's swapped-pretraining baseline of reverse fine-tuning).
+
+For fine-tuning, `correlation` = CTr makes, in that
 fraction of documents, count(b) = count(a) + 1 within the counting window,
 by rewriting c tokens there into a or a into c. The b tokens are never
 touched, so the fine-tuning label count(b) has the same histogram at every
@@ -59,6 +62,7 @@ class PCFGCountingConfig:
     tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))  # drawn uniformly
     operand_prior: Literal["low", "low2", "medium", "medium2", "high"] = "medium"
     operand: Literal["prior", "a", "b", "c"] = "prior"  # a letter: every operand is that letter (fine-tuning on count b)
+    swap_operands: bool = False  # a and b exchange their prior probabilities (the swapped-pretraining baseline)
     window: int = 64  # tokens of the string shown (the paper: 250)
     count_window: int = 40  # K: the counting window and the largest answer
     correlation: float = 0.0  # CTr: fraction of documents with count(b) = count(a) + 1
@@ -101,8 +105,10 @@ class PCFGCounting(Task):
         self.seq_len = self.doc_len - 1
         self.answer_position = self.doc_len - 2  # the Ans token
         self.task_ids = torch.tensor([TASK_NAMES.index(t) for t in cfg.tasks])
-        self.prior = torch.tensor(OPERAND_PRIORS[cfg.operand_prior]) if cfg.operand == "prior" else \
-            torch.eye(3)["abc".index(cfg.operand)]
+        prior = torch.tensor(OPERAND_PRIORS[cfg.operand_prior])
+        if cfg.swap_operands:
+            prior = prior[[1, 0, 2]]
+        self.prior = prior if cfg.operand == "prior" else torch.eye(3)["abc".index(cfg.operand)]
         self._eval_cache: dict = {}
 
     # ------------------------------------------------------------ answers
@@ -243,6 +249,20 @@ class PCFGCounting(Task):
             logits = model(docs[:, : self.answer_position])[:, -1]
             metrics[name] = (logits.argmax(-1) == docs[:, self.answer_position]).float().mean().item()
         return metrics
+
+    def probe_set(self, n: int, generator, device) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+        """Count questions about this task's operand (a unless fixed) at CTe = 0, for probes and attention.
+
+        Returns (tokens (n, seq_len), readout positions (n,) (the position whose target is Ans),
+        {"a": count(a), "b": count(b)} in the counting window, {"a": token id, "b": token id}).
+        """
+        letter = 0 if self.cfg.operand == "prior" else "abc".index(self.cfg.operand)
+        docs, _, _ = self.sample_documents(n, generator, device, TASK_NAMES.index("count"), letter, 0.0)
+        W, K = self.cfg.window, self.cfg.count_window
+        tail = docs[:, 5 + W - K : 5 + W] - self.terminal_offset
+        positions = torch.full((n,), self.answer_position - 1, device=device)
+        counts = {"a": (tail == 0).sum(1), "b": (tail == 1).sum(1)}
+        return docs[:, :-1], positions, counts, {"a": self.terminal_offset, "b": self.terminal_offset + 1}
 
     def headline(self, metrics: dict[str, float]) -> dict[str, float]:
         return {k: v for k, v in metrics.items() if k.split("_cte")[0] in ("count_a", "count_b", "index_a", "index_b")}

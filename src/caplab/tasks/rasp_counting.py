@@ -134,5 +134,13 @@ class RaspCounting(Task):
                 metrics[f"count_{name}{suffix}"] = (predicted == answer).float().mean().item()
         return metrics
 
+    def probe_set(self, n: int, generator, device) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
+        """(tokens, readout positions, {"a": count(a), "b": count(b)}, {"a": token id, "b": token id}) at CTe = 0."""
+        text = self.draw(n, generator, device, 0.0)
+        tokens, _ = self.encode(text, self.letter(self.cfg.operand))
+        counts = {name: (text == self.letter(name)).sum(1) for name in ("a", "b")}
+        ids = {name: self.letter_offset + self.letter(name) for name in ("a", "b")}
+        return tokens, torch.full((n,), READOUT, device=device), counts, ids
+
     def describe(self) -> dict:
         return {"config": dataclasses.asdict(self.cfg), "vocab_size": self.vocab_size, "vocabulary": [str(v) for v in self.vocabulary]}

@@ -172,3 +172,14 @@ def test_fixed_operand_and_test_correlations():
     tail = docs[:, 5 + task.cfg.window - 40 : 5 + task.cfg.window] - task.terminal_offset
     assert ((tail == 1).sum(1) == (tail == 0).sum(1) + 1).all()  # CTe = 1: count(b) = count(a) + 1 everywhere
     assert set(task.headline(metrics)) == {"count_a", "count_b", "count_a_cte1", "count_b_cte1"}
+
+
+def test_probe_set_counts_match_the_answers():
+    task = make_task("pcfg_counting", tasks=["count"], operand="b", count_window=16)
+    tokens, positions, counts, ids = task.probe_set(64, torch.Generator().manual_seed(8), CPU)
+    assert tokens.shape == (64, task.seq_len) and (positions == task.answer_position - 1).all()
+    assert (tokens[:, 2] == ids["b"]).all()  # the question is about b
+    # the answer the document carries is count(b), and it sits right after the readout position
+    docs, _, _ = task.sample_documents(64, torch.Generator().manual_seed(8), CPU, 0, 1, 0.0)
+    assert torch.equal(docs[:, :-1], tokens)
+    assert torch.equal(docs[:, task.answer_position] - task.number_offset, counts["b"])

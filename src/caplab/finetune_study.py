@@ -275,7 +275,9 @@ def analyse(study: dict, cfg: FinetuneStudyConfig, runs_dir: Path) -> dict:
         "recipe": study["recipe"],
         "source_metric": src, "target_metric": tgt, "reach": cfg.reach,
         "runs": ids,
-        "pretrained": {k: final["pretrain"].get(k) for k in (src, tgt, f"{src}_cte1", f"{tgt}_cte1") if k in final["pretrain"]},
+        # the pretrained model on the fine-tuning task's evaluation (both CTe values)
+        "pretrained": {k: v for k, v in tuned_cfg.make_task().evaluate(pretrained, torch.device("cpu")).items()
+                       if k.split("_cte")[0] in (src, tgt)},
         "grid": grid,
         "focus": {"stage": focus, "lr_name": cfg.focus_lr, "correlation": cfg.focus_correlation,
                   **{k: final[focus].get(k) for k in (tgt, f"{tgt}_cte1", src)}},

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -139,6 +140,30 @@ def train_run(store: RunStore) -> Path:
 def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None) -> Path:
     """Train `cfg` in a new run directory; return its path."""
     return train_run(create_run(cfg, root))
+
+
+def complete_reserved_run(cfg: ExperimentConfig, runs_dir: Path, run_id: str, announce: Callable[[str], None],
+                          fill: Optional[Callable[[RunStore], object]] = None) -> None:
+    """Bring run `run_id` (an id a sweep or study reserved) to completion.
+
+    A run that does not exist yet is created (any half-assembled leftover cleared) and filled by
+    `fill` (default: trained); a run that stopped is resumed from its checkpoint (or, with a custom
+    `fill`, made again); a completed run is left alone. `announce("starting")` or
+    `announce("resuming")` says which.
+    """
+    run_dir = Path(runs_dir) / run_id
+    if (run_dir / "run.json").is_file():
+        if RunStore(run_dir).info()["status"] == "completed":
+            return
+        if fill is None:
+            announce("resuming")
+            resume_run(run_id, runs_dir)
+            return
+        shutil.rmtree(run_dir)  # not trained (e.g. a compiled model): simply made again
+    for leftover in Path(runs_dir).glob(f".{run_id}.*"):  # half-assembled by a killed process
+        shutil.rmtree(leftover, ignore_errors=True)
+    announce("starting")
+    (fill or train_run)(create_run(cfg, runs_dir, run_id=run_id))
 
 
 def resume_run(name: str, root: Optional[Path] = None) -> Path:

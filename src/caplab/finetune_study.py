@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,7 +201,7 @@ def open_study(name: str, root: Optional[Path] = None) -> Path:
 
 def run_study(path: Path) -> dict:
     """Run (or continue) every stage, then the instruments; write summary, figures and report; return the summary."""
-    from caplab.experiment import create_run, resume_run, train_run
+    from caplab.experiment import complete_reserved_run
 
     path = Path(path)
     study = read_json(path / "study.json")
@@ -213,24 +213,10 @@ def run_study(path: Path) -> dict:
         if stage["run_id"] is None:  # reserve the id first, so a crash never leaves an unlisted run
             stage["run_id"] = run_ids[stage["stage"]] = RunStore.new_run_id(stage["recipe"]["recipe"])
             atomic_write_json(path / "study.json", study)
-        run_dir = runs_dir / stage["run_id"]
         experiment = _experiment(stage, run_ids)
-        if not (run_dir / "run.json").is_file():
-            for leftover in runs_dir.glob(f".{stage['run_id']}.*"):
-                shutil.rmtree(leftover, ignore_errors=True)
-            print(f"caplab study: {label}: {stage['run_id']}", file=sys.stderr)
-            store = create_run(experiment, runs_dir, run_id=stage["run_id"])
-            if stage["compile"]:
-                _record_compiled(store, experiment, stage, cfg)
-            else:
-                train_run(store)
-        elif RunStore(run_dir).info()["status"] != "completed":
-            print(f"caplab study: {label}: resuming {stage['run_id']}", file=sys.stderr)
-            if stage["compile"]:
-                shutil.rmtree(run_dir)
-                _record_compiled(create_run(experiment, runs_dir, run_id=stage["run_id"]), experiment, stage, cfg)
-            else:
-                resume_run(stage["run_id"], runs_dir)
+        fill = functools.partial(_record_compiled, experiment=experiment, stage=stage, cfg=cfg) if stage["compile"] else None
+        complete_reserved_run(experiment, runs_dir, stage["run_id"],
+                              lambda how: print(f"caplab study: {label}: {how} {stage['run_id']}", file=sys.stderr), fill)
     print("caplab study: instruments (pruning, probes, attention)", file=sys.stderr)
     summary = analyse(study, cfg, runs_dir)
     atomic_write_json(path / "summary.json", summary)

@@ -12,6 +12,16 @@ from caplab.runs.report import _finish_log_figure, _save, plt
 from caplab.runs.store import atomic_write_bytes
 
 
+def _finish_accuracy(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def finetune_figures(figures: Path, summary: dict) -> list[str]:
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
@@ -37,27 +47,18 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for key, color in ((src, "C2"), (tgt, "C0")):
         ax.plot([row["k"] for row in curve], [row[key] for row in curve], marker="o", color=color, label=key)
-    ax.set_xlabel(f"{summary['pruning']['granularity']}s pruned (top theta x grad of the {src} loss)")
-    ax.set_ylabel("accuracy (CTe = 0)")
-    ax.set_title(f"pruning the fine-tuned model ({summary['focus']['stage']}; cf. Fig. 7)", fontsize=9)
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
     names.append("pruning.png")
-    _save(fig, figures / names[-1])
+    _finish_accuracy(fig, ax, figures / names[-1], f"{summary['pruning']['granularity']}s pruned (top theta x grad "
+                     f"of the {src} loss)", "accuracy (CTe = 0)", f"pruning the fine-tuned model ({summary['focus']['stage']}; cf. Fig. 7)")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     for model, style in (("pretrained", "--"), ("finetuned", "-")):
         for i, (target, accuracies) in enumerate(summary["probes"][model].items()):
             ax.plot(range(len(accuracies)), accuracies, style, marker="o", color=f"C{i}", label=f"{target}, {model}")
-    ax.set_xlabel("layer (0: embeddings, i: after block i)")
-    ax.set_ylabel("held-out probe accuracy")
-    ax.set_title("linear probes at the readout position (cf. Fig. 8)", fontsize=9)
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.set_xticks(range(len(next(iter(summary["probes"]["pretrained"].values())))))
     names.append("probes.png")
-    _save(fig, figures / names[-1])
+    _finish_accuracy(fig, ax, figures / names[-1], "layer (0: embeddings, i: after block i)", "held-out probe accuracy",
+                     "linear probes at the readout position (cf. Fig. 8)")
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
     labels = {"reverse": "reverse fine-tuning (from the focus cell)", "scratch": "from scratch",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -28,7 +27,7 @@ from caplab.analysis.emergence import bootstrap, sigmoid_midpoint, threshold_cro
 from caplab.analysis.percolation import fit_power_law
 from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError, RunNotFound
-from caplab.experiment import create_run, resume_run, train_run
+from caplab.experiment import complete_reserved_run
 from caplab.runs.store import RunStore, atomic_write_json, read_json, runs_root
 
 
@@ -128,15 +127,8 @@ def run_sweep(path: Path) -> dict:
         if entry["run_id"] is None:  # reserve the id first, so a crash never leaves an unlisted run
             entry["run_id"] = RunStore.new_run_id(cfg.recipe)
             atomic_write_json(path / "sweep.json", sweep)
-        run_dir = runs_dir / entry["run_id"]
-        if not (run_dir / "run.json").is_file():
-            for leftover in runs_dir.glob(f".{entry['run_id']}.*"):  # half-assembled by a killed sweep
-                shutil.rmtree(leftover, ignore_errors=True)
-            print(f"caplab sweep: {label}: {entry['run_id']}", file=sys.stderr)
-            train_run(create_run(cfg, runs_dir, run_id=entry["run_id"]))
-        elif RunStore(run_dir).info()["status"] != "completed":
-            print(f"caplab sweep: {label}: resuming {entry['run_id']}", file=sys.stderr)
-            resume_run(entry["run_id"], runs_dir)
+        complete_reserved_run(cfg, runs_dir, entry["run_id"],
+                              lambda how: print(f"caplab sweep: {label}: {how} {entry['run_id']}", file=sys.stderr))
     summary = aggregate(path)
     from caplab.runs.report import write_sweep_report
 

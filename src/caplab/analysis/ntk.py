@@ -195,52 +195,56 @@ def kernel_stats(kernel: torch.Tensor) -> KernelStats:
 # ---------------------------------------------------------------- matrix-free route
 
 
-def lambda_max_matrix_free(model: nn.Module, inputs: torch.Tensor, pieces: list[Slice], output: str = "sum",
+def lambda_max_matrix_free(model: nn.Module, inputs: torch.Tensor, groups: dict[str, list[Slice]], output: str = "sum",
                            targets=None, loss_mask=None, seed: int = 0, iterations: int = 20, tol: float = 1e-6,
-                           init: Optional[torch.Tensor] = None) -> tuple[float, torch.Tensor]:
-    """(lambda_max of K_l, its eigenvector) by power iteration with K_l v = J_l (J_l^T v), no n x n kernel.
+                           init: Optional[dict[str, torch.Tensor]] = None) -> dict[str, tuple[float, torch.Tensor]]:
+    """Module name -> (lambda_max of K_l, its eigenvector), by power iteration with K_l v = J_l (J_l^T v).
 
-    `init`: a previous eigenvector (warm start). Stops when lambda changes by less than `tol` (relative).
+    No n x n kernel and no per-sample gradient is formed; one forward pass and its pullback serve every
+    module. `init`: previous eigenvectors by module (warm start). A module stops when its estimate
+    changes by less than `tol` (relative) or after `iterations` products.
     """
     params = {k: v.detach() for k, v in model.named_parameters()}
-    names = sorted({piece[0] for piece in pieces})
+    names = sorted({piece[0] for pieces in groups.values() for piece in pieces})
     wanted = {k: params[k] for k in names}
     fixed = {k: v for k, v in params.items() if k not in wanted}
     scalars = _scalar_fn(model, output, targets, loss_mask, seed, inputs)
     targets, loss_mask = _batch_extras(inputs, targets, loss_mask)
-    masks = {}
-    for name in names:  # 1 on the module's coordinates of each parameter
-        mask = torch.zeros_like(wanted[name])
-        for piece in pieces:
-            if piece[0] == name:
-                _take(mask, piece).fill_(1.0)
-        masks[name] = mask
+    dtype = next(iter(wanted.values())).dtype
+    generator = torch.Generator().manual_seed(seed)
 
     def s(p):
         return scalars({**fixed, **p}, inputs, targets, loss_mask)
 
-    generator = torch.Generator().manual_seed(seed)
-    dtype = next(iter(wanted.values())).dtype
-    v = init.clone() if init is not None else torch.randn(len(inputs), generator=generator)
-    v = v.to(inputs.device, dtype)
-    v /= v.norm()
-    estimate = 0.0
+    results = {}
     with _explicit_attention(model):
         _, pullback = vjp(s, wanted)
         # J u as the transpose of the (linear) map v -> J^T v: a second vjp. (torch.func.jvp would do,
         # but its decompositions are built with the deprecated torch.jit.script.)
-        _, transpose = vjp(lambda w: pullback(w)[0], torch.zeros_like(v))
-        for _ in range(iterations):
-            (cotangent,) = pullback(v)  # J^T v, then kept on the module's coordinates
-            tangent = {k: cotangent[k] * masks[k] for k in names}
-            (product,) = transpose(tangent)  # J_l J_l^T v
-            new_estimate = float(v @ product)
-            norm = product.norm()
-            if norm == 0:
-                return 0.0, v
-            v = product / norm
-            if abs(new_estimate - estimate) <= tol * max(abs(new_estimate), 1e-30):
+        _, transpose = vjp(lambda w: pullback(w)[0], torch.zeros(len(inputs), dtype=dtype, device=inputs.device))
+        for module, pieces in groups.items():
+            masks = {}  # 1 on the module's coordinates of each of its parameters
+            for name, axis, start, stop in pieces:
+                mask = masks.setdefault(name, torch.zeros_like(wanted[name]))
+                _take(mask, (name, axis, start, stop)).fill_(1.0)
+            previous = (init or {}).get(module)
+            v = previous.clone() if previous is not None else torch.randn(len(inputs), generator=generator)
+            v = v.to(inputs.device, dtype)
+            v /= v.norm()
+            estimate = 0.0
+            for _ in range(iterations):
+                (cotangent,) = pullback(v)  # J^T v, then kept on the module's coordinates
+                tangent = {k: cotangent[k] * masks[k] if k in masks else torch.zeros_like(cotangent[k]) for k in names}
+                (product,) = transpose(tangent)  # J_l J_l^T v
+                new_estimate = float(v @ product)
+                norm = product.norm()
+                if norm == 0:
+                    estimate = 0.0
+                    break
+                v = product / norm
+                converged = abs(new_estimate - estimate) <= tol * max(abs(new_estimate), 1e-30)
                 estimate = new_estimate
-                break
-            estimate = new_estimate
-    return estimate, v.detach()
+                if converged:
+                    break
+            results[module] = (estimate, v.detach())
+    return results

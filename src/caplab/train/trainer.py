@@ -26,6 +26,7 @@ from caplab.errors import TrainingDiverged
 from caplab.tasks.base import Task
 from caplab.train import state as train_state
 from caplab.train.optim import make_adamw, make_sgd, warmup_cosine
+from caplab.train.spectral import make_spectral
 
 EVENTS = ("on_train_start", "on_step_end", "on_eval", "on_checkpoint", "on_train_end")
 
@@ -51,8 +52,9 @@ class TrainConfig:
     eval_batch_size: int = 256  # batch of the fixed held-out loss estimate
     progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a terminal
     init_from: Optional[str] = None  # start from another run's weights: "RUN" (its newest checkpoint) or "RUN@STEP"
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: with `momentum`, no betas
-    momentum: float = 0.9
+    optimizer: Literal["adamw", "sgd", "muon", "spectra"] = "adamw"  # muon / spectra: 2-D weights of attention and MLPs, AdamW elsewhere
+    momentum: Optional[float] = None  # sgd, muon, spectra; None: 0.9 for sgd, 0.95 for muon and spectra
+    spectral_rank_fraction: float = 0.015  # spectra: share of singular directions treated as the spike
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
@@ -103,7 +105,11 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         if cfg.optimizer == "sgd":
-            self.optimizer = make_sgd(model, cfg.lr, cfg.weight_decay, cfg.momentum)
+            self.optimizer = make_sgd(model, cfg.lr, cfg.weight_decay, 0.9 if cfg.momentum is None else cfg.momentum)
+        elif cfg.optimizer in ("muon", "spectra"):
+            self.optimizer = make_spectral(model, cfg.optimizer, cfg.lr, cfg.weight_decay,
+                                           0.95 if cfg.momentum is None else cfg.momentum, (cfg.beta1, cfg.beta2),
+                                           cfg.spectral_rank_fraction)
         else:
             self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)

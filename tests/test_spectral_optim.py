@@ -1,0 +1,89 @@
+"""Muon's orthogonalisation and Spectra's spike suppression on matrices with known spectra; training with both."""
+
+import math
+
+import pytest
+import torch
+
+from caplab import load_config
+from caplab.experiment import build
+from caplab.train.spectral import orthogonalise, spectral_parameters, suppress_spike
+from helpers import TINY
+
+
+def matrix_with_spectrum(singular, m, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, len(singular), generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, len(singular), generator=g, dtype=torch.float64))
+    return (u * torch.tensor(singular, dtype=torch.float64)) @ v.T, u, v
+
+
+@pytest.mark.parametrize("shape", [(32, 48), (48, 32)])
+def test_orthogonalise_flattens_the_spectrum_and_keeps_the_singular_vectors(shape):
+    singular = torch.logspace(0, -2, 24).tolist()  # condition number 100
+    matrix, u, v = matrix_with_spectrum(singular, *shape)
+    out = orthogonalise(matrix.float()).double()
+    s = torch.linalg.svdvals(out)[:24]
+    assert s.min() > 0.6 and s.max() < 1.25  # the quintic's band around 1, whatever the input spectrum
+    # same singular subspaces: out = U f(S) V^T
+    assert torch.allclose(u @ (u.T @ out @ v) @ v.T, out, atol=1e-4)
+    assert torch.linalg.matrix_rank(out, atol=1e-3) == 24
+
+
+def test_spike_suppression_sets_spike_values_to_the_tail_rms_and_keeps_the_tail():
+    m, n, k = 40, 60, 2
+    tail_values = torch.linspace(1.0, 0.5, 38).tolist()
+    singular = [50.0, 20.0] + tail_values  # a two-direction spike
+    matrix, u, v = matrix_with_spectrum(singular, m, n, seed=1)
+    update, basis = suppress_spike(matrix.float(), None, k)
+    s_update = torch.linalg.svdvals(update.double())
+    sigma_tail = math.sqrt(sum(x * x for x in tail_values) / (min(m, n) - k))
+    expected = sorted(tail_values + [sigma_tail, sigma_tail], reverse=True)
+    assert s_update[:40].tolist() == pytest.approx(expected, rel=1e-3, abs=1e-4)  # spike at the tail's RMS, tail kept
+    spike_block = u[:, :2].T @ update.double() @ v[:, :2]  # the update along the spike's singular pairs
+    assert torch.allclose(spike_block, sigma_tail * torch.eye(2, dtype=torch.float64), atol=1e-3)
+    # the cached basis is the spike's right singular subspace, and a warm-started step reproduces the update
+    overlap = (v[:, :2].T @ basis.double()).norm() ** 2 / 2
+    assert overlap > 0.999
+    again, _ = suppress_spike(matrix.float(), basis, k)
+    assert torch.allclose(again, update, atol=1e-4)
+
+
+def test_spectral_parameters_are_the_attention_and_mlp_matrices():
+    cfg = load_config("demo", TINY)
+    _, model, _ = build(cfg)
+    names = spectral_parameters(model)
+    assert names and all(".attn." in n or ".mlp." in n for n in names)
+    assert "embed.weight" not in names
+
+
+@pytest.mark.parametrize("method", ["muon", "spectra"])
+def test_training_with_spectral_optimizers_lowers_loss_and_round_trips_state(method):
+    cfg = load_config("demo", TINY + [f"train.optimizer={method}", "train.lr=0.01", "train.steps=30"])
+    _, model, trainer = build(cfg)
+    before = trainer.evaluate()["eval_loss"]
+    spectral = dict(model.named_parameters())[spectral_parameters(model)[0]]
+    start = spectral.detach().clone()
+    trainer.fit()
+    assert trainer.last_record["eval_loss"] < before - 0.3
+    assert not torch.equal(spectral.detach(), start)
+    tensors, extra, meta = trainer.state_tensors()
+    _, _, other = build(cfg)
+    other.restore(tensors, extra, meta)
+    for a, b in zip(trainer.optimizer.state.values(), other.optimizer.state.values()):
+        for key in a:
+            torch.testing.assert_close(torch.as_tensor(a[key]), torch.as_tensor(b[key]))
+
+
+def test_muon_step_has_the_stated_rms():
+    cfg = load_config("demo", TINY + ["train.optimizer=muon", "train.lr=0.01", "train.weight_decay=0", "train.grad_clip=0",
+                                      "train.warmup_steps=0"])
+    _, model, trainer = build(cfg)
+    name = spectral_parameters(model)[0]
+    param = dict(model.named_parameters())[name]
+    start = param.detach().clone()
+    trainer.train_step()
+    step = param.detach() - start
+    rms = step.norm().item() / math.sqrt(step.numel())
+    # orthogonalised update (singular values in ~[0.7, 1.2]) scaled to RMS 0.2 x lr
+    assert 0.6 * 0.2 * 0.01 < rms < 1.25 * 0.2 * 0.01

@@ -87,3 +87,28 @@ def test_muon_step_has_the_stated_rms():
     rms = step.norm().item() / math.sqrt(step.numel())
     # orthogonalised update (singular values in ~[0.7, 1.2]) scaled to RMS 0.2 x lr
     assert 0.6 * 0.2 * 0.01 < rms < 1.25 * 0.2 * 0.01
+
+
+def test_spectrum_summary_and_overlap_closed_forms():
+    from caplab.analysis.spectral import spectrum_summary, subspace_overlap
+
+    matrix, u, _ = matrix_with_spectrum([4.0, 2.0, 1.0, 1.0], 10, 8, seed=3)
+    summary, basis = spectrum_summary(matrix, 1)
+    assert summary["energy_share"] == pytest.approx(16 / 22) and summary["gap"] == pytest.approx(2.0)
+    assert subspace_overlap(basis, u[:, :1]) == pytest.approx(1.0)
+    assert subspace_overlap(u[:, :1], u[:, 1:2]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_spectral_diagnostics_callback_records_every_n_steps():
+    from caplab.analysis.spectral import SpectralDiagnostics
+
+    cfg = load_config("demo", TINY + ["train.steps=12"])
+    _, model, trainer = build(cfg)
+    diagnostics = SpectralDiagnostics(every=4)
+    trainer.add_callback("on_step_end", diagnostics)
+    trainer.fit()
+    steps = sorted({r["step"] for r in diagnostics.records})
+    assert steps == [4, 8, 12]
+    assert {r["parameter"] for r in diagnostics.records} == set(spectral_parameters(model))
+    later = [r for r in diagnostics.records if r["step"] > 4]
+    assert all(0 <= r["overlap"] <= 1 + 1e-9 and 0 < r["energy_share"] <= 1 for r in later)

@@ -1,0 +1,68 @@
+"""Spectra of gradient (or momentum) matrices during training: the spike-tail picture of Spectra.
+
+For a matrix G with singular values s_1 >= s_2 >= ... and k top directions:
+
+    energy_share   sum_{i<=k} s_i^2 / sum_i s_i^2   (how much the spike dominates)
+    gap            s_k / s_{k+1}
+    overlap        ||U_t^T U_{t-1}||_F^2 / k between the top-k left singular subspaces of
+                   consecutive measurements (1: the spike stays put, which justifies warm starts;
+                   about k / m for unrelated subspaces)
+
+`SpectralDiagnostics` is a trainer callback that measures every `every` steps
+the gradients of chosen parameters (by default the matrices Muon and Spectra
+act on) and keeps the records in `records`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def spectrum_summary(matrix: torch.Tensor, k: int) -> tuple[dict, torch.Tensor]:
+    """({"energy_share", "gap", "top_singular"}, top-k left singular vectors (m, k)) of `matrix`."""
+    u, s, _ = torch.linalg.svd(matrix.detach().double(), full_matrices=False)
+    k = max(1, min(k, len(s) - 1))
+    energy = s.pow(2)
+    return {"energy_share": (energy[:k].sum() / energy.sum().clamp(min=1e-300)).item(),
+            "gap": (s[k - 1] / s[k].clamp(min=1e-300)).item(),
+            "top_singular": s[0].item()}, u[:, :k]
+
+
+def subspace_overlap(first: torch.Tensor, second: torch.Tensor) -> float:
+    """||first^T second||_F^2 / k for two (m, k) orthonormal bases: 1 when they span the same subspace."""
+    return ((first.T @ second).norm() ** 2 / first.shape[1]).item()
+
+
+class SpectralDiagnostics:
+    """Trainer callback (`trainer.add_callback("on_step_end", diagnostics)`): gradient spectra every `every` steps.
+
+    Arguments:
+        names: parameters to watch (default: `caplab.train.spectral.spectral_parameters(model)`).
+        fraction: k = max(1, round(fraction * min(m, n))) top directions (Spectra's 1.5% by default).
+    """
+
+    def __init__(self, every: int = 50, fraction: float = 0.015, names: Optional[list[str]] = None) -> None:
+        self.every, self.fraction, self.names = every, fraction, names
+        self.records: list[dict] = []
+        self._previous: dict[str, torch.Tensor] = {}
+
+    def __call__(self, trainer, loss: float) -> None:
+        if trainer.step % self.every:
+            return
+        from caplab.train.spectral import spectral_parameters
+
+        names = self.names or spectral_parameters(trainer.model)
+        params = dict(trainer.model.named_parameters())
+        for name in names:
+            grad = params[name].grad
+            if grad is None or grad.dim() != 2:
+                continue
+            k = max(1, round(self.fraction * min(grad.shape)))
+            summary, basis = spectrum_summary(grad, k)
+            record = {"step": trainer.step, "parameter": name, "k": k, **summary}
+            if name in self._previous:
+                record["overlap"] = subspace_overlap(basis, self._previous[name])
+            self._previous[name] = basis
+            self.records.append(record)

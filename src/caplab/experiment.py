@@ -86,7 +86,8 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
         store.set_status("interrupted", f"{type(exc).__name__}: {exc}")
         catalog.upsert_run(store)
         raise
-    summary = {"step": final.get("step"), "tokens": final.get("tokens"), "eval_loss": final.get("eval_loss"), **task.headline(final)}
+    summary = {"step": final.get("step"), "tokens": final.get("tokens"), "flops": final.get("flops"),
+               "eval_loss": final.get("eval_loss"), **task.headline(final)}
     if task.phase_metrics:
         summary["emergence_order"] = _emergence_order(store.metrics(), task.phase_metrics)
     store.write_json("summary.json", summary)

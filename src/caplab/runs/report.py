@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from caplab.runs.store import RunStore, atomic_write_bytes  # noqa: E402
 
-NOT_CAPABILITIES = {"step", "tokens", "lr", "elapsed_s", "eval_s", "train_loss", "eval_loss"}
+NOT_CAPABILITIES = {"step", "tokens", "flops", "lr", "elapsed_s", "eval_s", "train_loss", "eval_loss"}
 
 
 def _label(store: RunStore) -> str:

@@ -1,6 +1,8 @@
 """A model-agnostic trainer: online batches from a Task, AdamW, schedules, callbacks.
 
-Nothing here knows about GPT. The trainer draws a fresh batch from the task
+Nothing here knows about GPT (except that a model with a `GPTConfig` as its
+`cfg` gets its training FLOPs counted, `caplab.train.flops`, and logged as
+cumulative `flops`). The trainer draws a fresh batch from the task
 every step (on the device, from its own seeded generator), evaluates and
 checkpoints on log-spaced-then-uniform schedules (like Pythia), and can be
 restored from a checkpoint to continue exactly where it stopped.
@@ -23,9 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from caplab.errors import TrainingDiverged
+from caplab.models.gpt import GPTConfig
 from caplab.tasks.base import Task
 from caplab.train import state as train_state
 from caplab.train.optim import make_adamw, make_sgd, warmup_cosine
+from caplab.train.flops import training_step_flops
 from caplab.train.spectral import make_spectral
 
 EVENTS = ("on_train_start", "on_step_end", "on_eval", "on_checkpoint", "on_train_end")
@@ -115,6 +119,9 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.step = 0
         self.tokens_per_step = cfg.batch_size * task.seq_len
+        # training FLOPs per step, for models whose shape we can count (caplab GPTs); logged as cumulative `flops`
+        shape = getattr(model, "cfg", None)
+        self.flops_per_step = training_step_flops(shape, cfg.batch_size, task.seq_len) if isinstance(shape, GPTConfig) else None
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         self.last_record: dict = {}
         self.forward = torch.compile(model) if cfg.compile else model
@@ -209,6 +216,8 @@ class Trainer:
 
     def _eval_and_log(self, train_loss: Optional[float], fit_start: float) -> dict:
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
+        if self.flops_per_step is not None:
+            record["flops"] = self.step * self.flops_per_step
         if train_loss is not None:
             record["train_loss"] = train_loss
         started = time.perf_counter()

@@ -8,7 +8,11 @@ checkpoints on log-spaced-then-uniform schedules (like Pythia), and can be
 restored from a checkpoint to continue exactly where it stopped.
 
 Callback events, each called as `fn(trainer, **info)`:
-    on_train_start, on_step_end(loss), on_eval(record), on_checkpoint(step), on_train_end(record)
+    on_train_start, on_backward_end (gradients ready, before clipping and the optimizer step),
+    on_optimizer_step_end, on_step_end(loss), on_eval(record), on_checkpoint(step), on_train_end(record)
+
+Modular adaptive training (`train.mat_every > 0`, `caplab.train.mat`) plugs in
+through these events and `flops_this_step`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ from caplab.train.optim import make_adamw, make_sgd, warmup_cosine
 from caplab.train.flops import training_step_flops
 from caplab.train.spectral import make_spectral
 
-EVENTS = ("on_train_start", "on_step_end", "on_eval", "on_checkpoint", "on_train_end")
+EVENTS = ("on_train_start", "on_backward_end", "on_optimizer_step_end", "on_step_end", "on_eval", "on_checkpoint",
+          "on_train_end")
 
 
 @dataclass
@@ -59,6 +64,10 @@ class TrainConfig:
     optimizer: Literal["adamw", "sgd", "muon", "spectra"] = "adamw"  # muon / spectra: 2-D weights of attention and MLPs, AdamW elsewhere
     momentum: Optional[float] = None  # sgd, muon, spectra; None: 0.9 for sgd, 0.95 for muon and spectra
     spectral_rank_fraction: float = 0.015  # spectra: share of singular directions treated as the spike
+    mat_every: int = 0  # modular adaptive training: re-estimate module NTKs every N steps (0: off)
+    mat_rule: Literal["mean", "quantile", "temporal", "random"] = "mean"  # which modules stay active (caplab.train.mat)
+    mat_alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random: active fraction
+    mat_probe: int = 16  # probe batch of the kernel estimates
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
@@ -66,6 +75,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ValueError("train.lr must be positive and train.warmup_steps non-negative")
+        if self.mat_every < 0 or self.mat_probe < 2:
+            raise ValueError("train.mat_every must be non-negative and train.mat_probe at least 2")
 
 
 def schedule(total: int, every: int, log_spaced: bool = True) -> list[int]:
@@ -122,12 +133,19 @@ class Trainer:
         # training FLOPs per step, for models whose shape we can count (caplab GPTs); logged as cumulative `flops`
         shape = getattr(model, "cfg", None)
         self.flops_per_step = training_step_flops(shape, cfg.batch_size, task.seq_len) if isinstance(shape, GPTConfig) else None
+        self.flops_spent = 0  # cumulative, including any kernel estimates of modular adaptive training
+        self.flops_this_step = lambda: self.flops_per_step  # MAT replaces it (frozen modules skip weight gradients)
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         self.last_record: dict = {}
         self.forward = torch.compile(model) if cfg.compile else model
         self._held_out = None
         self.restored = False
         self.eval_seconds = 0.0
+        self.mat = None
+        if cfg.mat_every > 0:
+            from caplab.train.mat import ModularAdaptiveTraining
+
+            self.mat = ModularAdaptiveTraining(self)
 
     # ------------------------------------------------------------ plumbing
 
@@ -157,7 +175,10 @@ class Trainer:
         model = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         optim, meta = train_state.optimizer_to_tensors(self.optimizer)
         extra = {**optim, **train_state.rng_to_tensors(self.generator)}
-        return model, extra, {**meta, "step": self.step}
+        meta = {**meta, "step": self.step, "flops_spent": self.flops_spent}
+        if self.mat is not None:
+            meta["mat"] = self.mat.state_dict()
+        return model, extra, meta
 
     def restore(self, model: dict, extra: dict, meta: dict) -> None:
         """Continue from a checkpoint written by `state_tensors`."""
@@ -165,6 +186,9 @@ class Trainer:
         train_state.optimizer_from_tensors(self.optimizer, extra, meta)
         train_state.rng_from_tensors(self.generator, extra)
         self.step = int(meta["step"])
+        self.flops_spent = int(meta.get("flops_spent", 0))
+        if self.mat is not None:
+            self.mat.load_state_dict(meta["mat"])
         self.restored = True
 
     # ------------------------------------------------------------ steps
@@ -186,9 +210,13 @@ class Trainer:
             raise TrainingDiverged(f"loss became {value} at step {self.step}; training stopped, the last good checkpoint is kept")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self._fire("on_backward_end")
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None], self.cfg.grad_clip)
         self.optimizer.step()
+        self._fire("on_optimizer_step_end")
+        if self.flops_per_step is not None:
+            self.flops_spent += self.flops_this_step()
         self.step += 1
         return value
 
@@ -217,7 +245,9 @@ class Trainer:
     def _eval_and_log(self, train_loss: Optional[float], fit_start: float) -> dict:
         record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
         if self.flops_per_step is not None:
-            record["flops"] = self.step * self.flops_per_step
+            record["flops"] = self.flops_spent
+        if self.mat is not None:
+            record.update(self.mat.record())
         if train_loss is not None:
             record["train_loss"] = train_loss
         started = time.perf_counter()

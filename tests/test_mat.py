@@ -1,0 +1,110 @@
+"""Modular adaptive training: rules, frozen modules never move, FLOP account, exact resume."""
+
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from caplab import load_config
+from caplab.experiment import build
+from caplab.train.flops import linear_flops, training_step_flops
+from caplab.train.mat import mat_modules, select_active
+from helpers import TINY
+
+MAT = TINY + ["train.mat_every=4", "train.mat_probe=4", "train.steps=12", "train.weight_decay=0.1"]
+
+
+def test_rules_closed_forms():
+    lambdas = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 6.0}
+    g = torch.Generator().manual_seed(0)
+    assert select_active("mean", 1.0, lambdas, [], g) == ["c", "d"]  # mean 3
+    assert select_active("mean", 0.0, lambdas, [], g) == ["a", "b", "c", "d"]
+    assert select_active("quantile", 0.75, lambdas, [], g) == ["d"]
+    assert len(select_active("random", 0.5, lambdas, [], g)) == 2
+    history = [{"a": 1.0, "b": 1.0}, {"a": 2.0, "b": 3.0}]  # D(E): a 1, b 2
+    # now a moved by 1 more (D 2 -> |2 - 1| = 1 >= 0.5 x 1: active); b did not move (|2 - 2| = 0 < 0.5 x 2: frozen)
+    assert select_active("temporal", 0.5, {"a": 3.0, "b": 3.0}, history, g) == ["a"]
+    assert select_active("temporal", 0.5, {"a": 3.0, "b": 3.0}, history[:1], g) == ["a", "b"]
+
+
+def test_inactive_modules_never_move_and_their_optimizer_state_stands_still():
+    cfg = load_config("demo", MAT + ["train.mat_rule=quantile", "train.mat_alpha=0.6"])
+    _, model, trainer = build(cfg)
+    mat = trainer.mat
+    params = dict(model.named_parameters())
+    checked = {"frozen": 0, "moved": 0}
+
+    def snapshot(t):
+        t._before = {m: [(p, a, s, e, params[p].detach().narrow(a, s, e - s).clone() if a is not None else params[p].detach().clone(),
+                          {k: v.clone() for k, v in t.optimizer.state.get(params[p], {}).items() if torch.is_tensor(v) and v.dim()})
+                         for p, a, s, e in pieces] for m, pieces in mat.modules.items()}
+        t._active = list(mat.active)
+
+    def compare(t, loss):
+        for module, items in t._before.items():
+            for name, axis, start, stop, value, state in items:
+                now = params[name].detach()
+                now = now.narrow(axis, start, stop - start) if axis is not None else now
+                if module in t._active:
+                    checked["moved"] += not torch.equal(now, value)
+                else:
+                    assert torch.equal(now, value), (t.step, module, name)
+                    for key, old in state.items():
+                        new = t.optimizer.state[params[name]][key]
+                        new = new.narrow(axis, start, stop - start) if axis is not None else new
+                        old = old.narrow(axis, start, stop - start) if axis is not None else old
+                        assert torch.equal(new, old), (module, key)
+                    checked["frozen"] += 1
+
+    trainer.add_callback("on_backward_end", lambda t: snapshot(t))
+    trainer.add_callback("on_step_end", compare)
+    trainer.fit()
+    assert checked["frozen"] > 0 and checked["moved"] > 0
+    assert 0 < trainer.last_record["mat_active_fraction"] < 1
+
+
+def test_flop_account_matches_the_flop_counter_when_mlps_freeze():
+    cfg = load_config("demo", MAT)
+    task, model, trainer = build(cfg)
+    mat = trainer.mat
+    mat.active = [m for m in mat.modules if not m.endswith(".mlp")]  # freeze every MLP
+    mat._apply_requires_grad()
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step()
+    frozen = {n: 1.0 for n in model.state_dict() if ".mlp.fc_" in n and n.endswith("weight")}
+    assert counter.get_total_flops() == linear_flops(model.cfg, cfg.train.batch_size, task.seq_len, True, frozen)
+    assert mat.step_flops() == training_step_flops(model.cfg, cfg.train.batch_size, task.seq_len, frozen)
+
+
+def test_all_active_costs_plain_training_plus_the_estimates():
+    cfg = load_config("demo", MAT + ["train.mat_alpha=0.0"])
+    task, model, trainer = build(cfg)
+    record = trainer.fit()
+    assert record["mat_active_fraction"] == 1.0
+    full = training_step_flops(model.cfg, cfg.train.batch_size, task.seq_len)
+    estimates = len(trainer.mat.history)
+    assert estimates == 4  # steps 0, 4, 8, 12
+    assert record["flops"] == 12 * full + estimates * trainer.mat.estimate_flops
+    assert len(mat_modules(model)) == model.cfg.n_layers * (model.cfg.n_heads + 1)
+
+
+def test_resume_mid_run_is_exact():
+    cfg = load_config("demo", MAT + ["train.mat_rule=random", "train.mat_alpha=0.5"])
+    _, _, reference = build(cfg)
+    captured = {}
+
+    def capture(t, loss):  # what a checkpoint at step 6 would hold (copies: on CPU the tensors alias the live ones)
+        if t.step == 6:
+            model, extra, meta = t.state_tensors()
+            captured["state"] = ({k: v.clone() for k, v in model.items()}, {k: v.clone() for k, v in extra.items()},
+                                 json.loads(json.dumps(meta)))
+
+    reference.add_callback("on_step_end", capture)
+    final = reference.fit()
+    _, model, resumed = build(cfg)
+    resumed.restore(*captured["state"])
+    again = resumed.fit()
+    timing = ("elapsed_s", "eval_s")
+    assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in final.items() if k not in timing}
+    for (name, a), b in zip(reference.model.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -35,6 +35,10 @@ def cmd_run(args) -> None:
         from caplab.finetune_study import create_study
 
         return _run_study(create_study(args.recipe, args.set, _root(args)))
+    if kind == "compare":
+        from caplab.compare_study import create_compare
+
+        return _run_compare(create_compare(args.recipe, args.set, _root(args)))
     cfg = load_config(args.recipe, args.set)
     print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
     path = run_experiment(cfg, _root(args))
@@ -116,6 +120,20 @@ def _run_study(path: Path) -> None:
     print(path)
 
 
+def _run_compare(path: Path) -> None:
+    from caplab.compare_study import run_compare
+
+    print(f"caplab compare: {path}", file=sys.stderr)
+    s = run_compare(path)
+    print(f"target: final held-out loss of {s['reference']} = {s['target_eval_loss']:.4f}")
+    for name, v in s["variants"].items():
+        reach = "never" if v["reach_flops"] is None else f"{v['reach_flops']:.3g} FLOPs (step {v['reach_step']:.0f})"
+        saving = "" if v["flops_saving"] is None else f", saving {v['flops_saving']:+.1%}"
+        print(f"{name:<10} final loss {v['final_eval_loss']:.4f}  {v['flops']:.3g} FLOPs  {v['elapsed_s']:.0f} s  "
+              f"target reached at {reach}{saving}")
+    print(path)
+
+
 def cmd_resume(args) -> None:
     from caplab.experiment import resume_run
     from caplab.runs.store import runs_root
@@ -123,8 +141,10 @@ def cmd_resume(args) -> None:
     root = _root(args)
     if (Path(args.run) / "study.json").is_file() or ((root or runs_root()) / "studies" / args.run / "study.json").is_file():
         from caplab.finetune_study import open_study
+        from caplab.runs.store import read_json
 
-        return _run_study(open_study(args.run, root))
+        path = open_study(args.run, root)
+        return _run_compare(path) if read_json(path / "study.json").get("kind") == "compare" else _run_study(path)
     print(resume_run(args.run, root))
 
 

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -82,11 +82,11 @@ def recipe_description(name: str) -> str:
     return str(load_recipe(name)[1].get("description", "")).strip().splitlines()[0]
 
 
-RECIPE_KINDS = ("train", "percolation", "finetune")
+RECIPE_KINDS = ("train", "percolation", "finetune", "compare")
 
 
 def recipe_kind(data: dict) -> str:
-    """"train" (one training run), "sweep" (a training recipe with a `sweep:` section), "percolation" or "finetune"."""
+    """"train" (one training run), "sweep" (a training recipe with a `sweep:` section), "percolation", "finetune" or "compare"."""
     kind = data.get("kind", "train")
     if kind not in RECIPE_KINDS:
         raise ConfigError(f"bad value {kind!r} for 'kind'; valid: {', '.join(RECIPE_KINDS)}")
@@ -106,7 +106,7 @@ def load_percolation_config(recipe: str, overrides: list[str] = ()):
         section, _, field_name = key.partition(".")
         if not sep or section != "percolation" or not field_name:
             raise ConfigError(f"bad override {item!r}; a percolation recipe takes percolation.KEY=VALUE")
-        data.setdefault("percolation", {})[field_name] = _parse_value(raw)
+        data.setdefault("percolation", {})[field_name] = parse_value(raw)
     unknown = [k for k in data if k not in ("kind", "description", "percolation")]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, percolation")
@@ -117,7 +117,7 @@ def load_percolation_config(recipe: str, overrides: list[str] = ()):
 # ---------------------------------------------------------------- overrides
 
 
-def _parse_value(raw: str):
+def parse_value(raw: str):
     try:
         return yaml.safe_load(raw)
     except yaml.YAMLError:
@@ -131,7 +131,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"bad override {item!r}; expected KEY=VALUE, e.g. train.steps=2000")
-        value = _parse_value(raw)
+        value = parse_value(raw)
         parts = key.split(".")
         if parts[0] not in SECTIONS + ("description",):
             raise ConfigError(f"unknown key {key!r}; valid sections: {', '.join(SECTIONS)}")
@@ -142,6 +142,30 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 raise ConfigError(f"unknown key {key!r}: {part!r} is not a section")
         node[parts[-1]] = value
     return data
+
+
+def merge_recipe(base: dict, changes: Optional[dict]) -> dict:
+    """`base` with `changes` merged in, section by section (nested mappings merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in (changes or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_recipe(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def set_key(data: dict, dotted: str, value) -> dict:
+    """A copy of `data` with the value at `dotted` (e.g. "train.init_from") set."""
+    out = copy.deepcopy(data)
+    node = out
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"unknown key {dotted!r}: {part!r} is not a section")
+    node[last] = value
+    return out
 
 
 # ---------------------------------------------------------------- validation

@@ -36,7 +36,7 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from caplab.config import ExperimentConfig, build_dataclass, load_recipe, resolve
+from caplab.config import ExperimentConfig, build_dataclass, load_recipe, merge_recipe, resolve, set_key
 from caplab.errors import ConfigError, RunNotFound
 from caplab.runs.store import RunStore, atomic_write_json, read_json, runs_root
 
@@ -70,31 +70,9 @@ class FinetuneStudyConfig:
             raise ValueError("study.prune_max, probe_samples and probe_steps must be positive (probe_samples >= 8)")
 
 
-def _merge(base: dict, changes: Optional[dict]) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (changes or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _set(data: dict, dotted: str, value) -> dict:
-    out = copy.deepcopy(data)
-    node = out
-    *parents, last = dotted.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"unknown key {dotted!r}: {part!r} is not a section")
-    node[last] = value
-    return out
-
-
 def load_study(recipe: str, overrides: list[str] = ()) -> tuple[str, str, dict, FinetuneStudyConfig]:
     """(name, description, raw sections, study config) of a `kind: finetune` recipe with `SECTION.KEY=VALUE` overrides."""
-    from caplab.config import _parse_value, recipe_kind
+    from caplab.config import parse_value, recipe_kind
 
     name, data = load_recipe(recipe)
     if recipe_kind(data) != "finetune":
@@ -111,9 +89,9 @@ def load_study(recipe: str, overrides: list[str] = ()) -> tuple[str, str, dict, 
             raise ConfigError(f"bad override {item!r}; a fine-tuning study takes SECTION.KEY=VALUE with SECTION one of "
                               f"study, {', '.join(SECTIONS)}")
         if head == "study":
-            study[rest] = _parse_value(raw)
+            study[rest] = parse_value(raw)
         else:
-            sections[head] = _set(sections[head], rest, _parse_value(raw))
+            sections[head] = set_key(sections[head], rest, parse_value(raw))
     cfg = build_dataclass(FinetuneStudyConfig, study, "study")
     if not sections["pretrain"]:
         raise ConfigError(f"recipe {recipe!r} needs a 'pretrain' section (task, model, train)")
@@ -135,17 +113,17 @@ def plan(name: str, sections: dict, cfg: FinetuneStudyConfig) -> list[dict]:
         compiled_model = _compile(cfg.compiled, pretrain, "a").model.cfg.to_dict()
         pretrain["model"] = compiled_model
     stages = [{"stage": "pretrain", "recipe": pretrain, "init_from": None, "compile": "a" if cfg.compiled else None}]
-    finetune = _merge(pretrain, sections["finetune"])
+    finetune = merge_recipe(pretrain, sections["finetune"])
     for lr_name, lr in zip(cfg.lr_names, cfg.learning_rates):
         for correlation in cfg.correlations:
-            recipe = _merge(finetune, {"task": {"correlation": correlation}, "train": {"lr": lr, "min_lr": lr / 100}})
+            recipe = merge_recipe(finetune, {"task": {"correlation": correlation}, "train": {"lr": lr, "min_lr": lr / 100}})
             stages.append({"stage": _cell(lr_name, correlation), "recipe": recipe, "init_from": "pretrain", "compile": None})
-    reverse = _merge(pretrain, sections["reverse"])
+    reverse = merge_recipe(pretrain, sections["reverse"])
     focus = _cell(cfg.focus_lr, cfg.focus_correlation)
     stages.append({"stage": "reverse", "recipe": reverse, "init_from": focus, "compile": None})
     stages.append({"stage": "scratch", "recipe": reverse, "init_from": None, "compile": None})
     if cfg.compiled or sections["swapped"]:
-        swapped = _merge(pretrain, sections["swapped"])
+        swapped = merge_recipe(pretrain, sections["swapped"])
         stages.append({"stage": "swapped", "recipe": swapped, "init_from": None, "compile": "b" if cfg.compiled else None})
         stages.append({"stage": "swapped-ft", "recipe": reverse, "init_from": "swapped", "compile": None})
     for stage in stages:
@@ -158,7 +136,7 @@ def plan(name: str, sections: dict, cfg: FinetuneStudyConfig) -> list[dict]:
 def _experiment(stage: dict, run_ids: dict) -> ExperimentConfig:
     recipe = stage["recipe"]
     if stage["init_from"]:
-        recipe = _set(recipe, "train.init_from", run_ids.get(stage["init_from"]) or "pending")
+        recipe = set_key(recipe, "train.init_from", run_ids.get(stage["init_from"]) or "pending")
     return resolve(recipe["recipe"], recipe)
 
 
@@ -303,7 +281,7 @@ def _probes(model, task, cfg: FinetuneStudyConfig) -> dict:
     """Held-out accuracy, per layer, of linear probes for both counts at the readout of target-task inputs."""
     from caplab.analysis.probes import probe_accuracy_by_layer
 
-    tokens, positions, counts, _ = task.probe_set(cfg.probe_samples, torch.Generator().manual_seed(99), torch.device("cpu"))
+    tokens, positions, counts, _ = task.probeset_key(cfg.probe_samples, torch.Generator().manual_seed(99), torch.device("cpu"))
     return {f"count({letter})": probe_accuracy_by_layer(model, tokens, positions, labels, steps=cfg.probe_steps)
             for letter, labels in counts.items()}
 
@@ -312,7 +290,7 @@ def _attention(model, task) -> list[dict]:
     """Mean attention of each head from the readout position onto the a tokens and the b tokens."""
     from caplab.analysis.probes import attention_patterns
 
-    tokens, positions, _, letter_ids = task.probe_set(256, torch.Generator().manual_seed(98), torch.device("cpu"))
+    tokens, positions, _, letter_ids = task.probeset_key(256, torch.Generator().manual_seed(98), torch.device("cpu"))
     heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     patterns = attention_patterns(model, tokens, heads)  # (heads, batch, query, key)
     rows = torch.arange(len(tokens))

@@ -15,38 +15,17 @@ to agree.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
 
 from caplab import GPT, GPTConfig
-from caplab.analysis.ntk import lambda_max_matrix_free, module_kernels, parameter_groups
+from caplab.analysis.ntk import lambda_max_matrix_free, module_kernels, parameter_groups, reference_module_kernels
 
 
 def explicit(model, inputs, heads):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    flat = torch.cat([p.detach().flatten() for _, p in model.named_parameters()])
-
-    def f(vector):
-        params, offset = {}, 0
-        for name, shape in zip(names, shapes):
-            size = math.prod(shape)
-            params[name] = vector[offset : offset + size].view(shape)
-            offset += size
-        return torch.func.functional_call(model, params, (inputs,)).flatten(1).sum(1)
-
-    jac = torch.autograd.functional.jacobian(f, flat)  # (n, P)
-    out, offset, index = {}, 0, {}
-    for name, shape in zip(names, shapes):
-        index[name] = torch.arange(math.prod(shape)).view(shape) + offset
-        offset += math.prod(shape)
-    for head, pieces in heads.items():
-        cols = torch.cat([(index[n] if axis is None else index[n].narrow(axis, a, b - a)).flatten() for n, axis, a, b in pieces])
-        j = jac[:, cols].double()
-        out[head] = torch.linalg.eigvalsh(j @ j.T)[-1].item()
-    return out
+    kernels = reference_module_kernels(model, inputs, heads, lambda logits: logits.flatten(1).sum(1))
+    return {h: torch.linalg.eigvalsh(k)[-1].item() for h, k in kernels.items()}
 
 
 def exact(model, inputs, heads):

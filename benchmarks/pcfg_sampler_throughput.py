@@ -19,6 +19,7 @@ import random
 import time
 
 import torch
+from nltk_peer import expand
 
 from caplab.tasks import make_task
 from caplab.tasks.pcfg_counting import OPERAND_PRIORS
@@ -39,11 +40,7 @@ class NltkSampler:
         self.rng = random.Random(0)
 
     def expand(self, symbol) -> list[str]:
-        if not isinstance(symbol, self.nltk.Nonterminal):
-            return [symbol]
-        productions = self.grammar.productions(lhs=symbol)
-        chosen = self.rng.choices(productions, weights=[p.prob() for p in productions])[0]
-        return [word for part in chosen.rhs() for word in self.expand(part)]
+        return expand(self.grammar, symbol, self.rng)
 
     def document(self) -> list[str]:
         while True:

@@ -18,6 +18,7 @@ import random
 import time
 
 import torch
+from nltk_peer import expand
 
 from caplab.tasks import make_task
 from caplab.tasks import concept_grammar as G
@@ -42,11 +43,7 @@ class NltkSampler:
         self.task, self.cfg, self.rng = task, task.cfg, random.Random(0)
 
     def expand(self, symbol) -> list[str]:
-        if not isinstance(symbol, self.nltk.Nonterminal):
-            return [symbol]
-        productions = self.grammar.productions(lhs=symbol)
-        chosen = self.rng.choices(productions, weights=[p.prob() for p in productions])[0]
-        return [word for part in chosen.rhs() for word in self.expand(part)]
+        return expand(self.grammar, symbol, self.rng)
 
     def entity(self, cls: int) -> int:
         return int(self.task.entity_start[cls]) + self.rng.randrange(int(self.task.entity_count[cls]))

@@ -248,3 +248,35 @@ def lambda_max_matrix_free(model: nn.Module, inputs: torch.Tensor, groups: dict[
                     break
             results[module] = (estimate, v.detach())
     return results
+
+
+def reference_module_kernels(model: nn.Module, inputs: torch.Tensor, groups: dict[str, list[Slice]],
+                             scalar) -> dict[str, torch.Tensor]:
+    """The slow, straightforward computation the fast routes are checked and timed against.
+
+    `torch.autograd.functional.jacobian` of `scalar(logits)` (per-sample scalars, (n,)) with respect to
+    all parameters flattened into one vector; each module's columns are sliced out and their Gram formed.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().flatten() for _, p in model.named_parameters()])
+
+    def f(vector):
+        params, offset = {}, 0
+        for name, shape in zip(names, shapes):
+            size = math.prod(shape)
+            params[name] = vector[offset : offset + size].view(shape)
+            offset += size
+        return scalar(functional_call(model, params, (inputs,)))
+
+    jacobian = torch.autograd.functional.jacobian(f, flat)  # (n, P)
+    index, offset = {}, 0
+    for name, shape in zip(names, shapes):
+        index[name] = torch.arange(math.prod(shape)).view(shape) + offset
+        offset += math.prod(shape)
+    kernels = {}
+    for module, pieces in groups.items():
+        cols = torch.cat([_take(index[name], (name, axis, a, b)).flatten() for name, axis, a, b in pieces])
+        j = jacobian[:, cols].double()
+        kernels[module] = j @ j.T
+    return kernels

@@ -22,6 +22,9 @@ def test_first_reach_interpolates_between_evaluations():
     summary = compare_curves({"a": records, "b": [{**r, "flops": 2 * r["flops"]} for r in records]}, "a")
     assert summary["target_eval_loss"] == 1.0
     assert summary["variants"]["b"]["flops_saving"] == pytest.approx(-1.0)  # twice the FLOPs to the same loss
+    assert summary["variants"]["b"]["reference_loss_at_same_flops"] is None  # b spent more than a ever did
+    half = compare_curves({"a": records, "c": [{**r, "flops": r["flops"] // 2} for r in records]}, "a")
+    assert half["variants"]["c"]["reference_loss_at_same_flops"] == pytest.approx(2.0)  # a's loss at 100 FLOPs
 
 
 def test_mat_comparison_runs_and_matches_the_control_to_mat(tmp_path):

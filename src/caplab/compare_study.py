@@ -8,10 +8,10 @@
 Each variant is a catalogued run (ids reserved in `study.json` first, so
 `caplab resume <id>` continues an interrupted comparison). The summary gives,
 per variant: final eval loss, total training FLOPs (`caplab.train.flops`,
-MAT's kernel estimates included), wall time, and the FLOPs, steps and
-seconds at which its eval loss first reaches the reference's final eval loss
+MAT's kernel estimates included), wall time, the FLOPs, steps and seconds
+at which its eval loss first reaches the reference's final eval loss
 (linear interpolation between evaluations), with the saving against the
-reference. Figures: eval loss against FLOPs, steps and seconds.
+reference, and the reference's loss after the same number of FLOPs. Figures: eval loss against FLOPs, steps and seconds.
 
     <runs root>/studies/<id>/  study.json, summary.json, figures/, report.html
 """
@@ -115,6 +115,15 @@ def _first_reach(records: list[dict], key: str, target: float) -> Optional[float
     return float(points[0][0]) if points and points[0][1] <= target else None
 
 
+def _value_at(records: list[dict], key: str, x: float) -> Optional[float]:
+    """eval_loss at `key` = x, interpolated between evaluations (None outside the curve)."""
+    points = [(r[key], r["eval_loss"]) for r in records if key in r and "eval_loss" in r]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return float(y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+    return None
+
+
 def compare_curves(curves: dict[str, list[dict]], reference: str) -> dict:
     """Per variant: finals, and where each reaches the reference's final eval loss (see module docstring)."""
     target = curves[reference][-1]["eval_loss"]
@@ -127,6 +136,8 @@ def compare_curves(curves: dict[str, list[dict]], reference: str) -> dict:
             "final_eval_loss": final["eval_loss"], "flops": final.get("flops"), "elapsed_s": final.get("elapsed_s"),
             "steps": final["step"], "reach_flops": reach["flops"], "reach_step": reach["step"], "reach_s": reach["elapsed_s"],
             "flops_saving": (1 - reach["flops"] / ref_flops) if reach["flops"] is not None and ref_flops else None,
+            # the reference's loss after the same number of FLOPs (an iso-compute comparison)
+            "reference_loss_at_same_flops": _value_at(curves[reference], "flops", final["flops"]) if "flops" in final else None,
             "mean_active_fraction": (sum(r["mat_active_fraction"] for r in records if "mat_active_fraction" in r)
                                      / max(1, sum("mat_active_fraction" in r for r in records))) if any(
                                          "mat_active_fraction" in r for r in records) else None,

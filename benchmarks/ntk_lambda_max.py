@@ -61,7 +61,7 @@ def main() -> None:
     model = GPT(GPTConfig(n_layers=args.layers, n_heads=args.heads, d_model=args.d_model, d_vocab=64, n_ctx=args.ctx))
     inputs = torch.randint(64, (args.n, args.ctx), generator=torch.Generator().manual_seed(1))
     heads = {k: v for k, v in parameter_groups(model, "head").items() if ".head" in k}
-    t_peer, peer = timed(lambda: explicit(model, inputs, heads), 1)
+    t_peer, peer = timed(lambda: explicit(model, inputs, heads), args.repeats)
     t_exact, ours = timed(lambda: exact(model, inputs, heads), args.repeats)
     warm: dict = {}
     matrix_free(model, inputs, heads, warm)  # first call: cold start

@@ -281,7 +281,7 @@ def _probes(model, task, cfg: FinetuneStudyConfig) -> dict:
     """Held-out accuracy, per layer, of linear probes for both counts at the readout of target-task inputs."""
     from caplab.analysis.probes import probe_accuracy_by_layer
 
-    tokens, positions, counts, _ = task.probeset_key(cfg.probe_samples, torch.Generator().manual_seed(99), torch.device("cpu"))
+    tokens, positions, counts, _ = task.probe_set(cfg.probe_samples, torch.Generator().manual_seed(99), torch.device("cpu"))
     return {f"count({letter})": probe_accuracy_by_layer(model, tokens, positions, labels, steps=cfg.probe_steps)
             for letter, labels in counts.items()}
 
@@ -290,7 +290,7 @@ def _attention(model, task) -> list[dict]:
     """Mean attention of each head from the readout position onto the a tokens and the b tokens."""
     from caplab.analysis.probes import attention_patterns
 
-    tokens, positions, _, letter_ids = task.probeset_key(256, torch.Generator().manual_seed(98), torch.device("cpu"))
+    tokens, positions, _, letter_ids = task.probe_set(256, torch.Generator().manual_seed(98), torch.device("cpu"))
     heads = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)]
     patterns = attention_patterns(model, tokens, heads)  # (heads, batch, query, key)
     rows = torch.arange(len(tokens))

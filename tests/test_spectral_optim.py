@@ -112,3 +112,12 @@ def test_spectral_diagnostics_callback_records_every_n_steps():
     assert {r["parameter"] for r in diagnostics.records} == set(spectral_parameters(model))
     later = [r for r in diagnostics.records if r["step"] > 4]
     assert all(0 <= r["overlap"] <= 1 + 1e-9 and 0 < r["energy_share"] <= 1 for r in later)
+
+
+def test_spectral_diagnostics_from_the_config_reach_the_logged_records():
+    cfg = load_config("demo", TINY + ["train.steps=16", "train.spectral_diagnostics_every=4", "train.eval_every=8"])
+    _, _, trainer = build(cfg)
+    record = trainer.fit()
+    rows = [r for r in trainer.spectral.records if r["step"] == 16]
+    assert record["grad_energy_share"] == pytest.approx(sum(r["energy_share"] for r in rows) / len(rows))
+    assert 0 <= record["grad_subspace_overlap"] <= 1 + 1e-9

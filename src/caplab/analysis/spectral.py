@@ -66,3 +66,15 @@ class SpectralDiagnostics:
                 record["overlap"] = subspace_overlap(basis, self._previous[name])
             self._previous[name] = basis
             self.records.append(record)
+
+    def latest(self) -> dict:
+        """Means over the watched matrices at the latest measured step: `grad_energy_share`, `grad_subspace_overlap`."""
+        if not self.records:
+            return {}
+        step = self.records[-1]["step"]
+        rows = [r for r in self.records if r["step"] == step]
+        out = {"grad_energy_share": sum(r["energy_share"] for r in rows) / len(rows)}
+        overlaps = [r["overlap"] for r in rows if "overlap" in r]
+        if overlaps:
+            out["grad_subspace_overlap"] = sum(overlaps) / len(overlaps)
+        return out

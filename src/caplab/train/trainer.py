@@ -68,6 +68,7 @@ class TrainConfig:
     mat_rule: Literal["mean", "quantile", "temporal", "random"] = "mean"  # which modules stay active (caplab.train.mat)
     mat_alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random: active fraction
     mat_probe: int = 16  # probe batch of the kernel estimates
+    spectral_diagnostics_every: int = 0  # log gradient spike energy share and subspace overlap every N steps (0: off)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
@@ -141,6 +142,12 @@ class Trainer:
         self._held_out = None
         self.restored = False
         self.eval_seconds = 0.0
+        self.spectral = None
+        if cfg.spectral_diagnostics_every > 0:
+            from caplab.analysis.spectral import SpectralDiagnostics
+
+            self.spectral = SpectralDiagnostics(cfg.spectral_diagnostics_every)
+            self.add_callback("on_step_end", self.spectral)
         self.mat = None
         if cfg.mat_every > 0:
             from caplab.train.mat import ModularAdaptiveTraining
@@ -248,6 +255,8 @@ class Trainer:
             record["flops"] = self.flops_spent
         if self.mat is not None:
             record.update(self.mat.record())
+        if self.spectral is not None:
+            record.update(self.spectral.latest())
         if train_loss is not None:
             record["train_loss"] = train_loss
         started = time.perf_counter()

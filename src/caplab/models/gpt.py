@@ -207,7 +207,10 @@ class GPT(HookedModule):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.pos_embed.weight.numel() - self.embed.weight.numel() if non_embedding else n
+        if not non_embedding:
+            return n
+        embeddings = self.pos_embed.weight.numel() + self.embed.weight.numel()
+        return n - embeddings - (0 if self.cfg.tied_embeddings else self.unembed.weight.numel())
 
     def forward(self, tokens: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         """Arguments: tokens (batch, pos); cache for incremental decoding. Returns logits (batch, pos, d_vocab)."""

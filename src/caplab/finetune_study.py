@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from caplab.config import ExperimentConfig, build_dataclass, load_recipe, merge_recipe, resolve, set_key
-from caplab.errors import ConfigError, RunNotFound
-from caplab.runs.store import RunStore, atomic_write_json, read_json, runs_root
+from caplab.errors import ConfigError
+from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json, runs_root
 
 SECTIONS = ("pretrain", "finetune", "reverse", "swapped")
 
@@ -167,11 +167,7 @@ def create_study(recipe: str, overrides: list[str] = (), root: Optional[Path] = 
 
 
 def open_study(name: str, root: Optional[Path] = None) -> Path:
-    root = Path(root) if root is not None else runs_root()
-    for candidate in (Path(name), root / "studies" / name):
-        if (candidate / "study.json").is_file():
-            return candidate
-    raise RunNotFound(f"no study named {name!r} under {root / 'studies'}")
+    return open_folder(name, root, "studies", "study.json")
 
 
 # ---------------------------------------------------------------- running

@@ -22,6 +22,20 @@ def _finish_accuracy(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) 
     _save(fig, path)
 
 
+def _grouped_bars(path: Path, categories: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> None:
+    """One group of bars per category, one bar per series."""
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.25 * len(categories) * len(series) + 2), 4.0), dpi=110)
+    x, width = np.arange(len(categories)), 0.8 / len(series)
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=label, color=f"C{i}")
+    ax.set_xticks(x, categories, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)
+
+
 def finetune_figures(figures: Path, summary: dict) -> list[str]:
     figures = Path(figures)
     figures.mkdir(parents=True, exist_ok=True)
@@ -29,19 +43,11 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
     names = []
 
     grid = summary["grid"]
-    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=110)
-    x = np.arange(len(grid))
-    bars = [(f"{tgt}, CTe = 0", tgt), (f"{tgt}, CTe = 1", f"{tgt}_cte1"), (f"{src}, CTe = 0", src)]
-    for i, (label, key) in enumerate(bars):
-        ax.bar(x + (i - 1) * 0.27, [row.get(key) or 0.0 for row in grid], 0.27, label=label, color=f"C{i}")
-    ax.set_xticks(x, [f"{row['lr_name']}\nCTr {row['correlation']:g}" for row in grid], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy after fine-tuning")
-    ax.set_title("a wrapper: right at CTe = 1, wrong at CTe = 0 (cf. Jain et al. Tables 3, 5)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
+    series = {label: [row.get(key) or 0.0 for row in grid]
+              for label, key in ((f"{tgt}, CTe = 0", tgt), (f"{tgt}, CTe = 1", f"{tgt}_cte1"), (f"{src}, CTe = 0", src))}
     names.append("wrapper.png")
-    _save(fig, figures / names[-1])
+    _grouped_bars(figures / names[-1], [f"{row['lr_name']}\nCTr {row['correlation']:g}" for row in grid], series,
+                  "accuracy after fine-tuning", "a wrapper: right at CTe = 1, wrong at CTe = 0 (cf. Jain et al. Tables 3, 5)")
 
     curve = summary["pruning"]["curve"]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
@@ -72,19 +78,11 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
     names.append("revival.png")
 
     attention = summary["attention"]
-    heads = [f"L{h['layer']}H{h['head']}" for h in attention["pretrained"]]
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.6 * len(heads) + 2), 4.0), dpi=110)
-    x = np.arange(len(heads))
-    for i, (model, letter) in enumerate((("pretrained", "a"), ("pretrained", "b"), ("finetuned", "a"), ("finetuned", "b"))):
-        ax.bar(x + (i - 1.5) * 0.2, [h[f"onto_{letter}"] for h in attention[model]], 0.2, color=f"C{i}",
-               label=f"{model}: onto {letter} tokens")
-    ax.set_xticks(x, heads, fontsize=8)
-    ax.set_ylabel("attention mass from the readout position")
-    ax.set_title("where the readout position looks (cf. the Tracr attention maps)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, axis="y")
+    series = {f"{model}: onto {letter} tokens": [h[f"onto_{letter}"] for h in attention[model]]
+              for model in ("pretrained", "finetuned") for letter in ("a", "b")}
     names.append("attention.png")
-    _save(fig, figures / names[-1])
+    _grouped_bars(figures / names[-1], [f"L{h['layer']}H{h['head']}" for h in attention["pretrained"]], series,
+                  "attention mass from the readout position", "where the readout position looks (cf. the Tracr attention maps)")
     return names
 
 

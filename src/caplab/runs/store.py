@@ -258,3 +258,12 @@ class RunStore:
         model, _ = self._verified_load(entry["file"], entry["sha256"])
         extra, metadata = self._verified_load(entry["state_file"], entry["state_sha256"])
         return model, extra, json.loads(metadata["meta"])
+
+
+def open_folder(name: str, root: Optional[Path], kind: str, marker: str) -> Path:
+    """A sweep or study folder by path or by name under `<root>/<kind>/`, recognised by its `marker` file."""
+    root = Path(root) if root is not None else runs_root()
+    for candidate in (Path(name), root / kind / name):
+        if (candidate / marker).is_file():
+            return candidate
+    raise RunNotFound(f"no {kind[:-1]} named {name!r} under {root / kind}")

@@ -26,9 +26,9 @@ import yaml
 from caplab.analysis.emergence import bootstrap, sigmoid_midpoint, threshold_crossing
 from caplab.analysis.percolation import fit_power_law
 from caplab.config import load_config, load_recipe
-from caplab.errors import ConfigError, RunNotFound
+from caplab.errors import ConfigError
 from caplab.experiment import complete_reserved_run
-from caplab.runs.store import RunStore, atomic_write_json, read_json, runs_root
+from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json, runs_root
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -109,11 +109,7 @@ def set_sweep_metric(path: Path, metric: str) -> None:
 
 
 def open_sweep(name: str, root: Optional[Path] = None) -> Path:
-    root = Path(root) if root is not None else runs_root()
-    for candidate in (Path(name), root / "sweeps" / name):
-        if (candidate / "sweep.json").is_file():
-            return candidate
-    raise RunNotFound(f"no sweep named {name!r} under {root / 'sweeps'}")
+    return open_folder(name, root, "sweeps", "sweep.json")
 
 
 def run_sweep(path: Path) -> dict:

@@ -59,7 +59,7 @@ class NltkSampler:
         linked = (cls + cfg.n_classes // 2) % cfg.n_classes
         symbols = self.expand(self.grammar.start())
         subjects = [self.entity(cls) for s in symbols if s == "subject"]
-        last_key = int(t.tables["entity_key"][subjects[-1]])
+        allowed = t.tables["shown_values"][subjects[-1], : t.tables["shown_degree"][subjects[-1]]]  # the last subject's values
         out, i = [], 0
         members = {"subject": [], "object": [], "verb": [], "value": []}
         for s in symbols:
@@ -75,9 +75,9 @@ class NltkSampler:
             elif s == "desc_prep":
                 out.append(rng.choice([G.IS, G.HAS]))
             elif s == "value":
-                prop = cls * cfg.properties_per_class + rng.randrange(cfg.properties_per_class)
-                v = (int(rng.choice(t.value_base[prop])) + last_key) % cfg.values_per_property
-                out += self.adjective(t.property_adjectives[prop]) + [t.value_offset + prop * cfg.values_per_property + v]
+                v = int(rng.choice(allowed))  # within the class
+                prop = cls * cfg.properties_per_class + v // cfg.values_per_property
+                out += self.adjective(t.property_adjectives[prop]) + [t.value_offset + cls * t.values_per_class + v]
             elif s == "verb":
                 verb = (cls % (cfg.n_classes // 2)) * t.verbs_per_group + rng.randrange(t.verbs_per_group)
                 if rng.random() < cfg.modifier_prob:

@@ -5,6 +5,7 @@ import torch
 from caplab import GPT, GPTConfig
 from caplab.tasks import make_task
 from caplab.tasks import concept_grammar as G
+from caplab.tasks.concept_language import WorldWarning
 from caplab.tasks.concept_metrics import conditions_satisfied, cut_at_eos, parse_sentences, type_checks
 
 CPU = torch.device("cpu")
@@ -18,7 +19,9 @@ def sentences_of(docs):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"n_classes": 2, "n_relative": 3, "density": 0.3, "values_per_property": 13},
-                                       {"n_classes": 6, "n_relative": 6, "entities_per_class": 10, "pii_fraction": 0.5, "max_length": 40}])
+                                       {"n_classes": 6, "n_relative": 6, "entities_per_class": 10, "pii_fraction": 0.5, "max_length": 40, "density": 0.3},
+                                       {"graph": "rolled", "modifier_density": 0.25, "pairs_per_class": 30}])
+@pytest.mark.filterwarnings("ignore::caplab.tasks.concept_language.WorldWarning")  # the rolled graph may split; irrelevant here
 def test_every_sampled_sentence_parses_and_satisfies_the_type_constraints(overrides):
     task = make_task("concept_language", **overrides)
     docs = task.sample_documents(3000, torch.Generator().manual_seed(1), CPU)
@@ -72,31 +75,26 @@ def _binomial_ok(count, n, p, z=4.5):
 
 
 def test_rule_frequencies_match_the_grammar_probabilities():
-    # max_length large enough that no document is redrawn for length: only the template caps truncate,
-    # and they do so independently of the counts checked here, so each count follows its rule truncated at its cap
+    # max_length large enough that no document is redrawn for length: the grammar is drawn untruncated
     task = make_task("concept_language", max_length=320, task_prior=[1.0, 0.0, 0.0])
     docs = task.sample_documents(20000, torch.Generator().manual_seed(3), CPU)
     _, _, symbols = parse_sentences(task, sentences_of(docs))
     sentences = sentences_of(docs)
     n = len(sentences)
-    from caplab.tasks.concept_sampler import MAX_OBJECTS, MAX_SUBJECTS, MAX_VERB_PHRASES
 
     n_subjects = (symbols == G.S_SUBJECT).sum(1)
-    pmf = G.binary_leaves_pmf(G.P_NP_CONJ, MAX_SUBJECTS)
-    pmf = pmf / pmf.sum()
-    for k in range(1, 4):
+    pmf = G.binary_leaves_pmf(G.P_NP_CONJ, 10)
+    for k in range(1, 5):
         assert _binomial_ok((n_subjects == k).sum().item(), n, pmf[k - 1].item()), k
     n_vps = ((symbols == G.S_DESC_PREP) | (symbols == G.S_VERB)).sum(1)
-    pmf = G.binary_leaves_pmf(G.P_VP_CONJ, MAX_VERB_PHRASES)
-    pmf = pmf / pmf.sum()
-    for k in range(1, 4):
+    pmf = G.binary_leaves_pmf(G.P_VP_CONJ, 10)
+    for k in range(1, 5):
         assert _binomial_ok((n_vps == k).sum().item(), n, pmf[k - 1].item()), k
-    # one relative verb phrase: its object count is geometric (truncated)
+    # one relative verb phrase: its object count is geometric
     single_rel = (n_vps == 1) & (symbols == G.S_VERB).any(1)
     n_objects = (symbols == G.S_OBJECT).sum(1)[single_rel]
-    pmf = G.list_length_pmf(G.P_RELNP_CONJ, MAX_OBJECTS)
-    pmf = pmf / pmf.sum()
-    for k in range(1, 3):
+    pmf = G.list_length_pmf(G.P_RELNP_CONJ, 10)
+    for k in range(1, 4):
         assert _binomial_ok((n_objects == k).sum().item(), len(n_objects), pmf[k - 1].item()), k
     # leaf kinds, prepositions, conjunctions
     n_desc, n_rel = (symbols == G.S_DESC_PREP).sum().item(), (symbols == G.S_VERB).sum().item()
@@ -120,17 +118,66 @@ def test_task_prior_with_the_t2_fallback():
     assert abs((docs.task != 1).float().mean().item() - 0.6) < 0.02
 
 
-def test_type_constraint_graph_has_density_p_within_classes():
+def test_the_class_graph_is_random_balanced_and_connected_above_p_c():
     task = make_task("concept_language", values_per_property=40, density=0.1)
-    assert task.allowed_per_property == 4
-    allowed = task.tables["allowed_values"]  # (properties, values) before rolling
-    assert (allowed.sum(1) == 4).all()
-    # rolling by the key: entity key r allows base + r (mod values)
-    base = task.value_base[3]
-    for key in (0, 5, 39):
-        rolled = np.zeros(40, bool)
-        rolled[(base + key) % 40] = True
-        assert rolled.sum() == 4
+    for graph, E_c in zip(task.class_graphs(), task.entity_count):
+        K_c = task.values_per_class
+        assert graph.sum() == round(0.1 * E_c * K_c)  # density p
+        for degrees in (graph.sum(1), graph.sum(0)):  # balanced on both sides
+            assert degrees.max() - degrees.min() <= 1
+    report = task.describe()["class_graph"]
+    assert report["components"] == [1] * 4 and report["largest_component_fraction"] == [1.0] * 4
+    assert all(p > p_c for p, p_c in zip(report["density"], report["critical_density"]))
+    # different worlds draw different graphs
+    assert not np.array_equal(task.tables["allowed"], make_task("concept_language", values_per_property=40, seed=1).tables["allowed"])
+
+
+def test_the_papers_rolled_graph_and_its_disconnected_case():
+    with pytest.warns(WorldWarning, match="split"):  # 20 keys roll over 40 values: some values no entity allows
+        task = make_task("concept_language", values_per_property=40, density=0.1, graph="rolled")
+    allowed = task.class_graphs()[0].reshape(20, 5, 40)  # (entity key, property, value)
+    assert (allowed.sum(2) == 4).all()  # 4 of 40 values of every property
+    for prop in range(5):  # entity key r allows the base set rolled by r
+        base = np.flatnonzero(allowed[0, prop])
+        for key in (1, 7, 19):
+            assert set(np.flatnonzero(allowed[key, prop])) == set((base + key) % 40)
+    # one allowed value per property: the class falls apart into `values_per_property` pieces, and says so
+    with pytest.warns(WorldWarning, match="split into 10 components"):
+        split = make_task("concept_language", values_per_property=10, density=0.1, graph="rolled")
+    assert split.describe()["class_graph"]["largest_component_fraction"][0] == pytest.approx(0.1, abs=0.02)
+
+
+def test_a_world_below_p_c_is_warned_about_and_impossible_requests_are_errors():
+    from caplab.errors import ConfigError
+
+    with pytest.warns(WorldWarning, match="p_c"):
+        make_task("concept_language", entities_per_class=20, properties_per_class=10, values_per_property=20, density=0.012)
+    with pytest.raises(ConfigError, match="pairs_per_class"):
+        make_task("concept_language", pairs_per_class=1000)  # a class allows 200
+    with pytest.raises(ConfigError, match="at least one value"):
+        make_task("concept_language", density=0.001)
+
+
+def test_training_shows_exactly_the_requested_pairs():
+    task = make_task("concept_language", pairs_per_class=30, max_length=64)
+    shown = task.class_graphs("shown")
+    assert [g.sum() for g in shown] == [30] * 4
+    assert not (task.tables["shown"] & ~task.tables["allowed"]).any()  # a subset of the world's pairs
+    docs = task.sample_documents(4000, torch.Generator().manual_seed(0), CPU)
+    tokens, _, symbols = parse_sentences(task, sentences_of(docs))
+    pairs = described_pairs(task, tokens, symbols)
+    assert task.tables["shown"][pairs[:, 0], pairs[:, 1]].all()
+    assert len(np.unique(pairs, axis=0)) == 120  # every shown pair turns up in 4,000 documents
+
+
+def described_pairs(task, tokens, symbols) -> np.ndarray:
+    """(n, 2) (entity, value within its class) of every descriptive value and the last subject before it."""
+    pos = torch.arange(tokens.shape[1])
+    last_subject = torch.where(symbols == G.S_SUBJECT, pos, -1).cummax(1).values
+    is_value = symbols == G.S_VALUE
+    entity = tokens.gather(1, last_subject.clamp(min=0))[is_value] - task.entity_offset
+    value = (tokens[is_value] - task.value_offset) % task.values_per_class
+    return torch.stack([entity, value], 1).numpy()
 
 
 def test_paper_scale_preset_sizes():
@@ -191,15 +238,15 @@ def _sentence(task, *parts):
 
 
 def test_type_checks_on_hand_built_sentences():
-    task = make_task("concept_language", values_per_property=20)
+    task = make_task("concept_language", values_per_property=20, modifier_density=0.25)  # restricted modifiers can fail
     C0, C2 = task.entity_start[0], task.entity_start[2]  # class 0 and its linked class 2
     e = lambda i: task.entity_offset + i  # noqa: E731
     nV, P = task.cfg.values_per_property, task.cfg.properties_per_class
     key = 3
     subject = e(C0 + key)
     prop = 1  # property 1 of class 0
-    allowed = int((task.value_base[prop][0] + key) % nV)
-    disallowed = next(v for v in range(nV) if not task.tables["allowed_values"][prop, (v - key) % nV])
+    row = task.tables["allowed"][C0 + key, prop * nV : (prop + 1) * nV]
+    allowed, disallowed = int(np.flatnonzero(row)[0]), int(np.flatnonzero(~row)[0])
     value = lambda p, v: task.value_offset + p * nV + v  # noqa: E731
     adj_ok = task.adjective_offset + int(task.property_adjectives[prop][0])
     adj_bad = task.adjective_offset + next(a for a in range(task.cfg.n_adjectives) if a not in task.property_adjectives[prop])
@@ -246,7 +293,7 @@ def test_evaluate_on_an_untrained_model_returns_every_metric_in_range():
     model = GPT(GPTConfig(n_layers=1, n_heads=2, d_model=32, d_vocab=task.vocab_size, n_ctx=task.seq_len)).eval()
     metrics = task.evaluate(model, CPU)
     for name in ("grammaticality", "type_constraints", "unscramble_exact", "unscramble_token", "conditional_satisfied",
-                 "reachable_pairs", "reachable_pairs_unscramble"):
+                 "reachable_pairs", "reachable_pairs_unscramble", "reachable_pairs_swap"):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert metrics["grammaticality"] == 0.0  # an untrained model does not stop at <eos> in a grammatical way
     for t in range(3):  # near the uniform loss ln(vocab)
@@ -264,11 +311,16 @@ def test_order_parameter_ranks_unseen_class_consistent_pairs():
     value_position = docs.prompt_length + 4
     values = docs.tokens.gather(1, value_position[:, None]).squeeze(1) - task.value_offset
     subjects = docs.tokens.gather(1, (value_position - 3)[:, None]).squeeze(1) - task.entity_offset
-    nV = task.cfg.values_per_property
-    prop, v = values // nV, values % nV
-    key = torch.as_tensor(task.tables["entity_key"])[subjects]
     # class consistent ...
     assert torch.equal(torch.as_tensor(task.tables["token_class"])[values + task.value_offset],
                        torch.as_tensor(task.tables["entity_class"])[subjects])
     # ... but never allowed in training
-    assert not torch.as_tensor(task.tables["allowed_values"])[prop, (v - key) % nV].any()
+    assert not torch.as_tensor(task.tables["allowed"])[subjects, values % task.values_per_class].any()
+    # the control swaps the subject for one of another class and keeps every other token
+    swap = eval_sets(task, CPU)["reachable_swap_T0"]
+    swapped = swap.tokens.gather(1, (value_position - 3)[:, None]).squeeze(1) - task.entity_offset
+    classes = torch.as_tensor(task.tables["entity_class"])
+    assert (classes[swapped] != classes[subjects]).all()
+    same = torch.ones_like(docs.tokens, dtype=torch.bool).scatter_(1, (value_position - 3)[:, None], False)
+    assert torch.equal(swap.tokens[same], docs.tokens[same])
+

@@ -23,6 +23,7 @@ import yaml
 from caplab.errors import ConfigError
 from caplab.models.gpt import GPTConfig
 from caplab.tasks import TASKS, Task, make_task
+from caplab.tasks.corpus import CORPUS_KEYS, CorpusConfig
 from caplab.train.trainer import TrainConfig
 
 SECTIONS = ("task", "model", "train")
@@ -241,6 +242,7 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     task_name = task_raw.pop("name", None)
     if task_name not in TASKS:
         raise ConfigError(f"bad value {task_name!r} for 'task.name'; valid: {', '.join(TASKS)}")
+    corpus_cfg = build_dataclass(CorpusConfig, {k: task_raw.pop(k) for k in CORPUS_KEYS if k in task_raw}, "task")
     task_cfg = build_dataclass(TASKS[task_name].Config, task_raw, "task")
     try:
         task = TASKS[task_name](task_cfg)
@@ -259,7 +261,7 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     return ExperimentConfig(
         recipe=str(data.get("recipe", name)),
         description=str(data.get("description", "")).strip(),
-        task={"name": task_name, **dataclasses.asdict(task_cfg)},
+        task={"name": task_name, **dataclasses.asdict(task_cfg), **dataclasses.asdict(corpus_cfg)},
         model=model,
         train=train,
     )

@@ -8,6 +8,7 @@ from caplab.errors import ConfigError
 from caplab.tasks.base import Batch, Task
 from caplab.tasks.compositions import Compositions
 from caplab.tasks.concept_language import ConceptLanguage
+from caplab.tasks.corpus import CORPUS_KEYS, Corpus, CorpusConfig
 from caplab.tasks.pcfg_counting import PCFGCounting
 from caplab.tasks.rasp_counting import RaspCounting
 
@@ -16,18 +17,24 @@ TASKS: dict[str, type[Task]] = {Compositions.name: Compositions, ConceptLanguage
 
 
 def make_task(name: str, **overrides) -> Task:
-    """Build task `name` with its default config, changed by `overrides`."""
+    """Build task `name` with its default config, changed by `overrides`.
+
+    `corpus_size` and `corpus_seed` (any task) turn it into a finite corpus (`caplab.tasks.corpus`).
+    """
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
     cls = TASKS[name]
+    corpus = {k: overrides.pop(k) for k in CORPUS_KEYS if k in overrides}
     valid = [f.name for f in dataclasses.fields(cls.Config)]
     for key in overrides:
         if key not in valid:
-            raise ConfigError(f"unknown key 'task.{key}'; valid: {', '.join(valid)}")
+            raise ConfigError(f"unknown key 'task.{key}'; valid: {', '.join(valid + list(CORPUS_KEYS))}")
     try:
-        return cls(cls.Config(**overrides))
+        task = cls(cls.Config(**overrides))
+        corpus_cfg = CorpusConfig(**corpus)
     except (ValueError, TypeError) as exc:
         raise ConfigError(str(exc)) from None
+    return Corpus(task, corpus_cfg) if corpus_cfg.corpus_size else task
 
 
-__all__ = ["Batch", "Task", "TASKS", "make_task", "Compositions", "ConceptLanguage", "PCFGCounting", "RaspCounting"]
+__all__ = ["Batch", "Task", "TASKS", "make_task", "Corpus", "Compositions", "ConceptLanguage", "PCFGCounting", "RaspCounting"]

@@ -45,6 +45,10 @@ class Task:
     def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
         raise NotImplementedError
 
+    def held_out(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
+        """Documents the model is not trained on, for the held-out loss (fresh samples, unless a finite corpus)."""
+        return self.sample(batch_size, generator, device)
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Named capability metrics (accuracies are floats in [0, 1])."""
         raise NotImplementedError
@@ -56,3 +60,8 @@ class Task:
     def describe(self) -> dict:
         """Facts about the task instance worth saving with a run (split sizes, ...)."""
         return {}
+
+    # Optional, for tasks that track what training has shown them (the trainer calls these when present):
+    #   observe(batch)            every training batch
+    #   data_metrics() -> dict    logged with each evaluation (e.g. distinct pairs observed so far)
+    #   data_state() -> {name: tensor}, load_data_state(state)   kept in checkpoints, for exact resume

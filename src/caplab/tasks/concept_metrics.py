@@ -13,6 +13,8 @@
                             consistent but never allowed in training, the share ranked within the
                             top 1.5 x (values per class) tokens after `[adj] subject is [adj]` (T0 prompt)
     reachable_rank          their mean rank / values per class; `_unscramble`: the same under a T1 prompt
+    reachable_pairs_swap    the control: the same prompts with the subject replaced by one of another class
+    reachable_pairs_specific  class knowledge: (normal - swap), 0 without it, 1 with the subject's class ranked first
     loss_T0, loss_T1, loss_T2  teacher-forced loss of held-out documents of each task
 
 Type-constraint fractions are taken over grammatical generations; a constraint
@@ -55,7 +57,7 @@ def type_checks(task, tokens: torch.Tensor, symbols: torch.Tensor) -> dict[str, 
     nV, half = cfg.values_per_property, cfg.n_classes // 2
     token_class = T["token_class"][tokens]
     value = (tokens - task.value_offset).clamp(0, task.n_values - 1)
-    prop, v = value // nV, value % nV
+    prop = value // nV
     following = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], G.PAD)], 1)
 
     is_subject = symbols == G.S_SUBJECT
@@ -64,7 +66,7 @@ def type_checks(task, tokens: torch.Tensor, symbols: torch.Tensor) -> dict[str, 
     subject_entity = (subject_token - task.entity_offset).clamp(0, task.n_entities - 1)
     is_value = (symbols == G.S_VALUE) & (last_subject >= 0)
     desc_ok = is_value & (token_class == T["token_class"][subject_token])
-    entity_ok = desc_ok & T["allowed_values"][prop, (v - T["entity_key"][subject_entity]) % nV]
+    entity_ok = desc_ok & T["allowed"][subject_entity, value % task.values_per_class]
 
     # a verb of group g links classes g and g + C/2: all subjects in one of them, each object in the other
     subject_low = torch.where(is_subject, token_class, cfg.n_classes).min(1).values
@@ -132,26 +134,40 @@ def _prompt_t0(n: int, device) -> torch.Tensor:
     return torch.tensor([G.TASK, G.T0, G.NEWLINE, G.OPS, G.NULL, G.NEWLINE, G.OUT], device=device).expand(n, -1)
 
 
-def reachable_sentences(task, n: int, generator, device) -> Sentences:
-    """`adj subject is adj value <eos>` with class-consistent values the subject never allows in training.
+def reachable_sentences(task, n: int, generator, device) -> tuple[Sentences, Sentences]:
+    """The order parameter's prompts `adj subject is adj value <eos>`, and the same with the subject swapped.
 
-    Subjects are non-PII entities (those take adjectives), uniform over classes.
+    The value belongs to the subject's class, but the training data never
+    shows the pair (never allowed, or, with `pairs_per_class`, not among the
+    pairs shown). Subjects are non-PII entities (those take adjectives),
+    uniform over classes. The control replaces the subject by a non-PII entity
+    of another class and keeps every other token.
     """
     T, cfg = task.on(device), task.cfg
     uniform = lambda bound: (torch.rand(n, generator=generator, device=device) * bound).long()  # noqa: E731
+    n_nonpii = int(round((1 - cfg.pii_fraction) * cfg.entities_per_class))
     cls = uniform(cfg.n_classes)
-    key = uniform(int(round((1 - cfg.pii_fraction) * cfg.entities_per_class)))
-    subject = T["entity_start"][cls] + key
-    prop = cls * cfg.properties_per_class + uniform(cfg.properties_per_class)
-    complement = T["value_complement"] if T["value_complement"].shape[1] else T["value_base"]  # density 1: all allowed
-    value = (complement[prop, uniform(complement.shape[1])] + key) % cfg.values_per_property
+    subject = T["entity_start"][cls] + uniform(n_nonpii)
+    value = uniform(task.values_per_class)
+    for _ in range(1000):  # rejection: a value the data never shows for this subject
+        shown = T["shown"][subject, value]
+        if not shown.any():
+            break
+        value = torch.where(shown, uniform(task.values_per_class), value)
+    other = (cls + 1 + uniform(cfg.n_classes - 1)) % cfg.n_classes
+    swapped = T["entity_start"][other] + uniform(n_nonpii)
+    prop = cls * cfg.properties_per_class + value // cfg.values_per_property
     subj_adj = T["class_adjectives"][cls, uniform(T["class_adjectives"].shape[1])]
     value_adj = T["property_adjectives"][prop, uniform(T["property_adjectives"].shape[1])]
-    tokens = torch.stack([task.adjective_offset + subj_adj, task.entity_offset + subject, torch.full_like(cls, G.IS),
-                          task.adjective_offset + value_adj, task.value_offset + prop * cfg.values_per_property + value,
-                          torch.full_like(cls, G.EOS)], 1)
     symbols = torch.tensor([G.S_SUBJECT_ADJ, G.S_SUBJECT, G.S_DESC_PREP, G.S_VALUE_ADJ, G.S_VALUE, G.S_EOS], device=device)
-    return Sentences.from_dense(tokens, symbols.expand(n, -1), torch.full_like(cls, 6), cls)
+
+    def sentences(subjects):
+        tokens = torch.stack([task.adjective_offset + subj_adj, task.entity_offset + subjects, torch.full_like(cls, G.IS),
+                              task.adjective_offset + value_adj, task.value_offset + cls * task.values_per_class + value,
+                              torch.full_like(cls, G.EOS)], 1)
+        return Sentences.from_dense(tokens, symbols.expand(n, -1), torch.full_like(cls, 6), cls)
+
+    return sentences(subject), sentences(swapped)
 
 
 def eval_sets(task, device) -> dict:
@@ -162,12 +178,54 @@ def eval_sets(task, device) -> dict:
         generator = torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003)
         n = cfg.eval_samples
         sets = {f"T{t}": task.sample_documents(n, generator, device, task=t) for t in range(3)}
-        pairs = reachable_sentences(task, cfg.eval_reachable, generator, device)
+        pairs, swapped = reachable_sentences(task, cfg.eval_reachable, generator, device)
+        everywhere = lambda t: torch.full((len(pairs.length),), t, device=device)  # noqa: E731
         for t in (0, 1):
-            docs = make_documents(task, pairs, torch.full((len(pairs.length),), t, device=device), generator, device)
-            sets[f"reachable_T{t}"] = docs
+            sets[f"reachable_T{t}"] = make_documents(task, pairs, everywhere(t), generator, device)
+        sets["reachable_swap_T0"] = make_documents(task, swapped, everywhere(0), generator, device)
         task._eval_cache[key] = sets
     return task._eval_cache[key]
+
+
+def reachable_floor(task) -> float:
+    """The order parameter of a model that knows a value comes next but not which: 1.5 |K_c| / |K| = 1.5 / C."""
+    return RANK_FACTOR / task.cfg.n_classes
+
+
+def class_specific(task, normal: float, swapped: float) -> float:
+    """(normal - swap) scaled so that 0 is no class knowledge and 1 a model that ranks the subject's class first.
+
+    Such a model scores 1 on normal prompts and, on swapped ones, puts the value
+    among the other classes' values in random order: 0.5 / (C - 1).
+    """
+    return (normal - swapped) / (1 - (RANK_FACTOR - 1) / (task.cfg.n_classes - 1))
+
+
+def adjective_oracle(task, device=torch.device("cpu"), seed: int = 0) -> float:
+    """The order parameter of an oracle that sees only the prompt's two adjectives.
+
+    It scores each value v by log P(value adjective | v's property) + log
+    P(subject adjective | v's class) under the world's modifier tables, breaks
+    ties at random, and knows that a value comes next. With uninformative
+    modifiers (the default) it sits at the floor; with restricted ones it
+    shows how much the metric can be passed without knowing the subject.
+    """
+    docs = eval_sets(task, device)["reachable_T0"]
+    T, cfg = task.on(device), task.cfg
+    at = docs.prompt_length[:, None] + torch.tensor([0, 3, 4], device=device)
+    subj_adj, value_adj, value = (docs.tokens.gather(1, at) - torch.tensor([task.adjective_offset] * 2 + [task.value_offset],
+                                                                           device=device)).unbind(1)
+    prop_of = torch.arange(task.n_values, device=device) // cfg.values_per_property
+    class_of = torch.arange(task.n_values, device=device) // task.values_per_class
+    fits = T["property_adjective_mask"][prop_of][:, value_adj].T & T["class_adjective_mask"][class_of][:, subj_adj].T  # (n, K)
+    score = torch.where(fits, -(T["property_adjective_mask"].sum(1)[prop_of].float().log()
+                                + T["class_adjective_mask"].sum(1)[class_of].float().log()), float("-inf"))
+    own = score.gather(1, value[:, None])
+    greater = (score > own).sum(1)
+    ties = (score == own).sum(1) - 1
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rank = greater + (torch.rand(len(value), generator=generator, device=device) * (ties + 1)).floor().long()
+    return (rank < RANK_FACTOR * task.values_per_class).float().mean().item()
 
 
 # ------------------------------------------------------------------ the metrics
@@ -191,12 +249,13 @@ def _generate_after_prompt(model, docs, width: int, sample: bool, generator) -> 
 
 
 def _order_parameter(task, model, docs) -> tuple[float, float]:
+    """(share of prompts whose value ranks below 1.5 |K_c|, mean rank / |K_c|)."""
     value_position = docs.prompt_length + 4  # adj subject is adj VALUE
     logits = model(docs.tokens[:, : int(value_position.max())]).float()
     at = logits.gather(1, (value_position - 1)[:, None, None].expand(-1, 1, logits.shape[-1])).squeeze(1)  # (n, vocab)
     target = docs.tokens.gather(1, value_position[:, None])
     rank = (at > at.gather(1, target)).sum(1).float()
-    per_class = task.n_values / task.cfg.n_classes
+    per_class = task.values_per_class
     return (rank < RANK_FACTOR * per_class).float().mean().item(), (rank / per_class).mean().item()
 
 
@@ -234,6 +293,8 @@ def evaluate_concept_language(task, model: nn.Module, device) -> dict[str, float
     metrics["conditional_grammatical"] = grammatical.float().mean().item() if len(tokens) else 0.0
 
     metrics["reachable_pairs"], metrics["reachable_rank"] = _order_parameter(task, model, sets["reachable_T0"])
+    metrics["reachable_pairs_swap"], _ = _order_parameter(task, model, sets["reachable_swap_T0"])
+    metrics["reachable_pairs_specific"] = class_specific(task, metrics["reachable_pairs"], metrics["reachable_pairs_swap"])
     metrics["reachable_pairs_unscramble"], _ = _order_parameter(task, model, sets["reachable_T1"])
     for t in range(3):
         docs = sets[f"T{t}"]

@@ -18,9 +18,6 @@ import torch
 
 from caplab.tasks import concept_grammar as G
 
-MAX_SUBJECTS = 6  # rows drawing more are redrawn, like over-long documents (tail mass ~1e-3)
-MAX_VERB_PHRASES = 6
-MAX_OBJECTS = 5
 HEADER = 4  # Task: T \n Ops:
 TRAILER = 2  # \n Out:
 
@@ -108,7 +105,12 @@ def _pick(table: torch.Tensor, rows: torch.Tensor, generator) -> torch.Tensor:
 
 
 def draw_sentences(world, n: int, generator, device) -> tuple[Sentences, torch.Tensor]:
-    """n sentences from the grammar and the world's type constraints, and whether each fits the caps."""
+    """n sentences from the grammar and the world's type constraints, and whether each can fit a document.
+
+    Counts of subjects, verb phrases and objects come from the grammar's exact
+    distributions; a count larger than the document length can never fit, so
+    such rows are only marked (and kept short) instead of being built.
+    """
     cfg, T = world.cfg, world.on(device)
     rand = lambda m: torch.rand(m, generator=generator, device=device)  # noqa: E731
     half = cfg.n_classes // 2
@@ -122,41 +124,48 @@ def draw_sentences(world, n: int, generator, device) -> tuple[Sentences, torch.T
     phrase_class = (rand(n) * cfg.n_classes).long()
     n_subjects = _from_cdf(T["np_cdf"], n, generator) + 1
     n_leaves = _from_cdf(T["vp_cdf"], n, generator) + 1
-    fits = (n_subjects <= MAX_SUBJECTS) & (n_leaves <= MAX_VERB_PHRASES)
-    n_subjects, n_leaves = n_subjects.clamp(max=MAX_SUBJECTS), n_leaves.clamp(max=MAX_VERB_PHRASES)
+    fits = (n_subjects <= len(T["np_cdf"])) & (n_leaves <= len(T["vp_cdf"]))
+    n_subjects, n_leaves = n_subjects.clamp(max=len(T["np_cdf"])), n_leaves.clamp(max=len(T["vp_cdf"]))
+    l_row, l_index = _groups(n_leaves)
+    m = len(l_row)
+    is_desc = rand(m) < cfg.p_desc
+    has_desc = torch.zeros(n, dtype=torch.bool, device=device).index_fill_(0, l_row[is_desc], True)
 
-    # subjects: [Conj, adjective, entity]
+    # subjects: [Conj, adjective, entity]; the last one of a sentence with values shows at least one pair
     s_row, s_index = _groups(n_subjects)
     s_class = _at(phrase_class, s_row)
     s_entity = entities(s_class)
+    is_last = s_index == _at(n_subjects, s_row) - 1
+    describes = (is_last & _at(has_desc, s_row)).nonzero().squeeze(1)
+    d_class = _at(s_class, describes)
+    d_pick = (rand(len(describes)) * _at(T["desc_subject_count"], d_class)).long()
+    s_entity[describes] = _at(T["desc_subjects"].view(-1), d_class * T["desc_subjects"].shape[1] + d_pick)
     s_tokens = torch.stack([conjunctions(len(s_row)), world.adjective_offset + _pick(T["class_adjectives"], s_class, generator),
                             world.entity_offset + s_entity], 1)
     s_keep = torch.stack([s_index > 0, (rand(len(s_row)) < cfg.modifier_prob) & ~_at(T["entity_pii"], s_entity),
                           torch.ones_like(s_index, dtype=torch.bool)], 1)
-    is_last = s_index == n_subjects[s_row] - 1
-    last_key = torch.zeros(n, dtype=torch.long, device=device)
-    last_key[s_row[is_last]] = T["entity_key"][s_entity[is_last]]  # descriptive values follow the last subject
+    last_subject = torch.zeros(n, dtype=torch.long, device=device)
+    last_subject[s_row[is_last]] = s_entity[is_last]  # descriptive values follow the last subject
 
     # verb-phrase leaves: [Conj, is/has, adjective, value] or [Conj, adverb, verb, on/in/to]
-    l_row, l_index = _groups(n_leaves)
-    m = len(l_row)
     l_class = _at(phrase_class, l_row)
-    is_desc = rand(m) < G.P_VP_DESC
-    prop = l_class * cfg.properties_per_class + (rand(m) * cfg.properties_per_class).long()
-    value = (_pick(T["value_base"], prop, generator) + _at(last_key, l_row)) % cfg.values_per_property
+    l_subject = _at(last_subject, l_row)
+    offset = (rand(m) * _at(T["shown_degree"], l_subject)).long()
+    value = _at(T["shown_values"].view(-1), l_subject * T["shown_values"].shape[1] + offset)  # within the class
+    prop = l_class * cfg.properties_per_class + value // cfg.values_per_property
     verb = (l_class % half) * world.verbs_per_group + (rand(m) * world.verbs_per_group).long()
     rel_prep = torch.tensor([G.ON, G.IN, G.TO], device=device)[_from_cdf(T["rel_prep_cdf"], m, generator).clamp(max=2)]
     desc_tokens = torch.stack([torch.where(rand(m) < G.DESC_PREPOSITIONS[G.IS], G.IS, G.HAS),
                                world.adjective_offset + _pick(T["property_adjectives"], prop, generator),
-                               world.value_offset + prop * cfg.values_per_property + value], 1)
+                               world.value_offset + l_class * world.values_per_class + value], 1)
     rel_tokens = torch.stack([world.adverb_offset + _pick(T["verb_adverbs"], verb, generator), world.verb_offset + verb, rel_prep], 1)
     l_tokens = torch.cat([conjunctions(m)[:, None], torch.where(is_desc[:, None], desc_tokens, rel_tokens)], 1)
     has_modifier = rand(m) < cfg.modifier_prob
     l_keep = torch.stack([l_index > 0, is_desc | has_modifier, ~is_desc | has_modifier, torch.ones_like(is_desc)], 1)
     n_objects = torch.where(is_desc, 0, _from_cdf(T["relnp_cdf"], m, generator) + 1)
-    too_many = n_objects > MAX_OBJECTS
+    too_many = n_objects > len(T["relnp_cdf"])
     fits[l_row[too_many]] = False
-    n_objects = n_objects.clamp(max=MAX_OBJECTS)
+    n_objects = n_objects.clamp(max=len(T["relnp_cdf"]))
 
     # objects of relative leaves: [Conj, adjective, entity]
     o_leaf, o_index = _groups(n_objects)

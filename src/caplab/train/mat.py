@@ -80,7 +80,7 @@ class ModularAdaptiveTraining:
         model = trainer.model
         self.modules = mat_modules(model)
         generator = torch.Generator(device=trainer.device).manual_seed(self.cfg.seed + 20_000)
-        self.probe = trainer.task.sample(self.cfg.mat_probe, generator, trainer.device).tokens
+        self.probe = trainer.task.held_out(self.cfg.mat_probe, generator, trainer.device).tokens  # never moves a corpus along
         self.active = list(self.modules)
         self.history: list[dict[str, float]] = []  # one {module: lambda_max} per estimate
         self._saved: list = []

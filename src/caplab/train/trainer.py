@@ -182,6 +182,8 @@ class Trainer:
         model = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         optim, meta = train_state.optimizer_to_tensors(self.optimizer)
         extra = {**optim, **train_state.rng_to_tensors(self.generator)}
+        if hasattr(self.task, "data_state"):  # e.g. a finite corpus's place in its epoch
+            extra.update({f"task.{k}": v for k, v in self.task.data_state().items()})
         meta = {**meta, "step": self.step, "flops_spent": self.flops_spent}
         if self.mat is not None:
             meta["mat"] = self.mat.state_dict()
@@ -192,6 +194,8 @@ class Trainer:
         self.model.load_state_dict(model)
         train_state.optimizer_from_tensors(self.optimizer, extra, meta)
         train_state.rng_from_tensors(self.generator, extra)
+        if hasattr(self.task, "load_data_state"):
+            self.task.load_data_state({k[len("task."):]: v for k, v in extra.items() if k.startswith("task.")})
         self.step = int(meta["step"])
         self.flops_spent = int(meta.get("flops_spent", 0))
         if self.mat is not None:
@@ -211,6 +215,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step)
         batch = self.task.sample(self.cfg.batch_size, self.generator, self.device)
+        if hasattr(self.task, "observe"):
+            self.task.observe(batch)
         loss = self.loss(batch)
         value = loss.item()
         if value != value or value in (float("inf"), float("-inf")):
@@ -232,7 +238,7 @@ class Trainer:
         """Held-out loss on a fixed batch plus the task's capability metrics."""
         if self._held_out is None:
             generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 10_000)
-            self._held_out = self.task.sample(self.cfg.eval_batch_size, generator, self.device)
+            self._held_out = self.task.held_out(self.cfg.eval_batch_size, generator, self.device)
         was_training = self.model.training
         self.model.eval()
         with self.autocast():
@@ -259,6 +265,8 @@ class Trainer:
             record.update(self.spectral.latest())
         if train_loss is not None:
             record["train_loss"] = train_loss
+        if hasattr(self.task, "data_metrics"):
+            record.update(self.task.data_metrics())
         started = time.perf_counter()
         record.update(self.evaluate())
         self.eval_seconds += time.perf_counter() - started

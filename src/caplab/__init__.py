@@ -2,7 +2,7 @@
 
 from caplab.config import ExperimentConfig, load_config
 from caplab.errors import CaplabError, ConfigError, CorruptCheckpoint, RunNotFound, TrainingDiverged
-from caplab.experiment import load_model, resume_run, run_experiment
+from caplab.experiment import load_model, resume_run, run_ensemble, run_experiment
 from caplab.models.gpt import GPT, GPTConfig
 from caplab.models.hooks import HookPoint
 from caplab.runs.catalog import Catalog, metrics_frame
@@ -35,5 +35,6 @@ __all__ = [
     "make_task",
     "metrics_frame",
     "resume_run",
+    "run_ensemble",
     "run_experiment",
 ]

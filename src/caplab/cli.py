@@ -40,6 +40,13 @@ def cmd_run(args) -> None:
 
         return _run_compare(create_compare(args.recipe, args.set, _root(args)))
     cfg = load_config(args.recipe, args.set)
+    if cfg.train.ensemble > 1:
+        from caplab.experiment import run_ensemble
+
+        print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps), an ensemble of {cfg.train.ensemble} seeds", file=sys.stderr)
+        for path in run_ensemble(cfg, _root(args)):
+            print(path)
+        return
     print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
     path = run_experiment(cfg, _root(args))
     print(path)
@@ -81,7 +88,7 @@ def cmd_sweep(args) -> None:
 
             set_sweep_metric(path, args.metric)
     elif args.recipe:
-        path = create_sweep(args.recipe, parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args))
+        path = create_sweep(args.recipe, parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args), args.ensemble)
     else:
         raise ConfigError("give a recipe to sweep, or --resume SWEEP")
     _run_sweep(path)
@@ -174,6 +181,14 @@ def cmd_show(args) -> None:
         print(f"error    {info['error']}")
     print("config")
     print(json.dumps(store.config_dict(), indent=2))
+    facts = store.read_json("task.json") if (store.path / "task.json").is_file() else {}
+    if "reachable_adjective_oracle" in facts:  # the concept world: can the order parameter be passed without the subject?
+        graph = facts["class_graph"]
+        print(f"world    class graphs: density {min(graph['density']):.3g}-{max(graph['density']):.3g} "
+              f"(p_c {min(graph['critical_density']):.3g}-{max(graph['critical_density']):.3g}), components "
+              f"{max(graph['components'])} at most, largest {min(graph['largest_component_fraction']):.0%} of nodes at least")
+        print(f"         reachable_pairs floor {facts['reachable_floor']:.3f}, adjective-only oracle "
+              f"{facts['reachable_adjective_oracle']:.3f}")
     records = store.metrics()
     if records:
         print(f"final metrics (step {records[-1]['step']})")
@@ -236,6 +251,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="seeds per setting (train.seed = 0..N-1; default: the recipe's sweep section, else 1)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every run")
     p.add_argument("--metric", help="capability to locate emergence of (default: the task's primary metric)")
+    p.add_argument("--ensemble", type=int, nargs="?", const=16, metavar="N",
+                   help="train runs of one model shape together, N at a time (default 16): seed ensembles in one kernel")
     p.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep (its folder or name)")
     p.set_defaults(fn=cmd_sweep)
 

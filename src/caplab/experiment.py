@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -62,7 +63,8 @@ class _StoreSink:
         self.store.save_checkpoint(step, tokens, model, extra, meta, keep_states=self.keep_states)
 
 
-def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
+def _prepare(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool):
+    """Task and trainer of a created run, restored from its checkpoint if asked; the run marked running."""
     if restore:  # the checkpoint holds the weights: train.init_from's run is not needed any more
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=None))
     task, model, trainer = build(cfg, _StoreSink(store, catalog), store.path.parent)
@@ -76,16 +78,10 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
         trainer.last_record = store.metrics()[-1]
     store.set_status("running")
     catalog.upsert_run(store)
-    try:
-        final = trainer.fit()
-    except CaplabError as exc:
-        store.set_status("failed", str(exc))
-        catalog.upsert_run(store)
-        raise
-    except BaseException as exc:  # Ctrl-C or a bug: the checkpoints stay resumable
-        store.set_status("interrupted", f"{type(exc).__name__}: {exc}")
-        catalog.upsert_run(store)
-        raise
+    return task, trainer
+
+
+def _finish(store: RunStore, task, final: dict, catalog: Catalog) -> Path:
     summary = {"step": final.get("step"), "tokens": final.get("tokens"), "flops": final.get("flops"),
                "eval_loss": final.get("eval_loss"), **task.headline(final)}
     if task.phase_metrics:
@@ -97,12 +93,57 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
     return store.path
 
 
+@contextlib.contextmanager
+def _marking_failures(stores: list[RunStore], catalog: Catalog):
+    """A training error marks the runs failed (a CaplabError) or interrupted (anything else); checkpoints stay."""
+    try:
+        yield
+    except CaplabError as exc:
+        for store in stores:
+            store.set_status("failed", str(exc))
+            catalog.upsert_run(store)
+        raise
+    except BaseException as exc:  # Ctrl-C or a bug: the checkpoints stay resumable
+        for store in stores:
+            store.set_status("interrupted", f"{type(exc).__name__}: {exc}")
+            catalog.upsert_run(store)
+        raise
+
+
+def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
+    task, trainer = _prepare(store, cfg, catalog, restore)
+    with _marking_failures([store], catalog):
+        final = trainer.fit()
+    return _finish(store, task, final, catalog)
+
+
+def train_ensemble(stores: list[RunStore], restore: bool = False) -> list[Path]:
+    """Train created runs of one model shape together (`caplab.train.ensemble`); each stays an ordinary run."""
+    from caplab.train.ensemble import EnsembleTrainer
+
+    catalog = Catalog(stores[0].path.parent)
+    prepared = [_prepare(store, config_from_json((store.path / "config.json").read_text()), catalog, restore) for store in stores]
+    with _marking_failures(stores, catalog):
+        finals = EnsembleTrainer([trainer for _, trainer in prepared]).fit()
+    return [_finish(store, task, final, catalog) for store, (task, _), final in zip(stores, prepared, finals)]
+
+
+def ensemble_members(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """The runs of `train.ensemble=N`: seeds seed .. seed+N-1 (and worlds task.seed + i with train.ensemble_worlds)."""
+    members = []
+    for i in range(cfg.train.ensemble):
+        task = dict(cfg.task, seed=cfg.task["seed"] + i) if cfg.train.ensemble_worlds and "seed" in cfg.task else dict(cfg.task)
+        train = dataclasses.replace(cfg.train, seed=cfg.train.seed + i, ensemble=1, ensemble_worlds=False)
+        members.append(dataclasses.replace(cfg, task=task, train=train))
+    return members
+
+
 def _emergence_order(records: list[dict], metrics: tuple[str, ...]) -> list[dict]:
     """Phase metrics sorted by emergence point (sigmoid midpoint in log-steps; None: did not emerge)."""
     from caplab.analysis.emergence import emergence_order
 
     curves = {k: ([r["step"] for r in records if k in r], [r[k] for r in records if k in r]) for k in metrics}
-    curves = {k: c for k, c in curves.items() if len(c[0]) >= 4}
+    curves = {k: c for k, c in curves.items() if sum(step > 0 for step in c[0]) >= 4}  # a sigmoid fit needs 4 points
     return [{"metric": k, "step": (round(p, 1) if math.isfinite(p) else None)} for k, p in emergence_order(curves)]
 
 
@@ -139,8 +180,19 @@ def train_run(store: RunStore) -> Path:
 
 
 def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None) -> Path:
-    """Train `cfg` in a new run directory; return its path."""
+    """Train `cfg` in a new run directory; return its path (see `run_ensemble` for train.ensemble > 1)."""
+    if cfg.train.ensemble > 1:
+        raise ConfigError("train.ensemble > 1 makes several runs: use caplab.run_ensemble")
     return train_run(create_run(cfg, root))
+
+
+def run_ensemble(cfg: ExperimentConfig, root: Optional[Path] = None) -> list[Path]:
+    """Train the `train.ensemble` members of `cfg` together, one run directory each; return their paths."""
+    from caplab.train.ensemble import check_ensemble
+
+    members = ensemble_members(cfg)
+    check_ensemble(cfg.model, cfg.train)
+    return train_ensemble([create_run(member, root) for member in members])
 
 
 def complete_reserved_run(cfg: ExperimentConfig, runs_dir: Path, run_id: str, announce: Callable[[str], None],

@@ -90,9 +90,8 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
         _save(fig, paths[-1])
 
     phases = _phase_metrics(stores[0])
-    if len(stores) == 1 and phases:
+    if len(stores) == 1 and phases and phase_figure(runs[0][1], phases, figures / "phases.png"):
         paths.append(figures / "phases.png")
-        phase_figure(runs[0][1], phases, paths[-1])
 
     if any("unseen_exact" in r for _, records in runs for r in records):
         fig, ax = _axes("seen vs unseen compositions (exact match)", "exact-match accuracy")
@@ -119,7 +118,9 @@ def phase_figure(records: list[dict], metrics: tuple[str, ...], path: Path) -> l
     """One run's phase curves on one axis, with each emergence point (sigmoid midpoint) marked; returns the order."""
     from caplab.analysis.emergence import emergence_order
 
-    curves = {k: _series(records, k) for k in metrics if len(_series(records, k)[0]) >= 4}
+    curves = {k: _series(records, k) for k in metrics if sum(step > 0 for step in _series(records, k)[0]) >= 4}
+    if not curves:  # too few evaluations for a sigmoid fit
+        return []
     order = emergence_order(curves)
     fig, ax = _axes("phases of learning (dashed: emergence point, sigmoid midpoint)", "fraction")
     for i, (key, point) in enumerate(order):
@@ -280,6 +281,49 @@ def percolation_figures(figures: Path, n_entities: int, summary: dict, curves: d
     ax.plot(xs, np.sqrt(n_entities * xs), "--", color="grey", label="predicted sqrt(|E_c||K_c|) (slope 1/2)")
     ax.plot(xs, prefactor * xs**exponent, "-", label=f"fit: slope {exponent:.2f} [{low:.2f}, {high:.2f}]")
     _finish_log_figure(fig, ax, figures / names[2], "|K_c| (values per class)", "observed pairs at the transition", log_y=True)
+    return names
+
+
+def data_percolation_figures(figures: Path, summary: dict) -> list[str]:
+    """Class knowledge against D / sqrt(|E_c||K_c|) per world size (with the graph's reachable share), and D* vs |E_c||K_c|."""
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    names = ["data_percolation_curves.png", "data_percolation_scaling.png"]
+    fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=110)
+    for i, (size, graph) in enumerate(zip(summary["sizes"], summary["graph"])):
+        E, K = size["entities"], size["values"]
+        units = [u for u in summary["units"] if (u["entities"], u["values"]) == (E, K)]
+        scale = np.sqrt(E * K)
+        D = np.array(units[0]["pairs"])
+        scores = np.array([u["score"] for u in units if len(u["score"]) == len(D)])
+        mean = scores.mean(0)
+        half = 1.96 * scores.std(0, ddof=1) / np.sqrt(len(scores)) if len(scores) > 1 else np.zeros_like(mean)
+        ax.errorbar(D / scale, mean, yerr=half, color=f"C{i}", marker="o", ms=3, capsize=2,
+                    label=f"|E_c| {E}, |K_c| {K}, p {size['density']:g} (n={len(scores)})")
+        ax.plot(np.array(graph["pairs"]) / scale, graph["reachable"], color=f"C{i}", ls=":", lw=1)
+    ax.axhline(summary["level"], color="grey", lw=0.8, ls="--")
+    ax.axvline(1.0, color="grey", lw=0.8)
+    ax.set_title("network: class-specific order parameter (dots, 95% CI); graph: unseen pairs connected (dotted)", fontsize=8)
+    ax.legend(fontsize=6)
+    _finish_log_figure(fig, ax, figures / names[0], "distinct observed pairs per class D / sqrt(|E_c| |K_c|)",
+                       "reachable_pairs_specific / reachable share")
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for kind, rows, marker in (("network", summary["units"], "o"), ("graph", summary["graph"], "s")):
+        x = np.array([r["entities"] * r["values"] for r in rows], float)
+        y = np.array([r["threshold"] for r in rows], float)
+        cens = np.array([r["censored"] for r in rows], bool)
+        color = "C0" if kind == "network" else "C1"
+        jitter = np.exp(np.random.default_rng(0).normal(0, 0.03, len(x))) if kind == "network" else 1.0
+        ax.plot((x * jitter)[~cens], y[~cens], marker, color=color, alpha=0.6, ms=4, ls="none", label=f"{kind} D*")
+        if cens.any():
+            ax.plot((x * jitter)[cens], y[cens], "^", color=color, alpha=0.6, ms=5, ls="none", label=f"{kind}: never reached (lower bound)")
+    grid = np.geomspace(min(r["entities"] * r["values"] for r in summary["graph"]),
+                        max(r["entities"] * r["values"] for r in summary["graph"]), 20)
+    ax.plot(grid, np.sqrt(grid), "--", color="grey", label="sqrt(|E_c||K_c|) (slope 1/2)")
+    low, high = summary["interval"]
+    ax.set_title(f"network exponent {summary['exponent']:.2f} [{low:.2f}, {high:.2f}], graph {summary['graph_exponent']:.2f}", fontsize=9)
+    _finish_log_figure(fig, ax, figures / names[1], "|E_c| |K_c|", f"D* (first D with score >= {summary['level']})", log_y=True)
     return names
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,7 +25,7 @@ import numpy as np
 import yaml
 
 from caplab.analysis.emergence import bootstrap, sigmoid_midpoint, threshold_crossing
-from caplab.analysis.percolation import fit_power_law
+from caplab.analysis.censored import censored_power_law
 from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError
 from caplab.experiment import complete_reserved_run
@@ -47,18 +48,29 @@ def _setting_overrides(setting: dict) -> list[str]:
 
 
 def plan(grid: dict[str, list], seeds: int) -> list[dict]:
-    """One entry per (grid combination, seed); seed s sets train.seed=s."""
+    """One entry per (grid combination, seed); seed s sets train.seed=s.
+
+    A key naming several fields ("task.a,task.b") takes lists of values that move together.
+    """
     keys = list(grid)
+    for key in keys:
+        names = key.split(",")
+        if len(names) > 1 and not all(isinstance(v, list) and len(v) == len(names) for v in grid[key]):
+            raise ConfigError(f"grid key {key!r} links {len(names)} fields: each of its values must be a list of {len(names)}")
     entries = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        setting = dict(zip(keys, values))
+        setting = {}
+        for key, value in zip(keys, values):
+            setting.update(zip(key.split(","), value) if "," in key else [(key, value)])
         for seed in range(seeds):
             entries.append({"setting": setting, "seed": seed, "run_id": None})
     return entries
 
 
 def _entry_overrides(sweep: dict, entry: dict) -> list[str]:
-    return [*sweep["overrides"], *_setting_overrides(entry["setting"]), f"train.seed={entry['seed']}"]
+    """Overrides of one planned run: the sweep's, its setting's, and its seed on every seed key (train.seed by default)."""
+    seeds = [f"{key}={entry['seed']}" for key in sweep.get("seed_keys", ["train.seed"])]
+    return [*sweep["overrides"], *_setting_overrides(entry["setting"]), *seeds]
 
 
 def recipe_sweep(recipe: str) -> dict:
@@ -67,9 +79,10 @@ def recipe_sweep(recipe: str) -> dict:
     section = data.get("sweep") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"recipe {recipe!r}: 'sweep' must be a mapping with grid, seeds, metric")
-    unknown = [k for k in section if k not in ("grid", "seeds", "metric", "level")]
+    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis")
+    unknown = [k for k in section if k not in valid]
     if unknown:
-        raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: grid, seeds, metric, level")
+        raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: {', '.join(valid)}")
     grid = section.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise ConfigError(f"recipe {recipe!r}: 'sweep.grid' must map keys to non-empty lists of values")
@@ -77,10 +90,11 @@ def recipe_sweep(recipe: str) -> dict:
 
 
 def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overrides: list[str] = (),
-                 metric: Optional[str] = None, root: Optional[Path] = None) -> Path:
+                 metric: Optional[str] = None, root: Optional[Path] = None, ensemble: Optional[int] = None) -> Path:
     """Validate every planned config, then write the sweep folder; return it.
 
-    An empty `grid`, `seeds` None or `metric` None fall back to the recipe's `sweep:` section.
+    An empty `grid`, `seeds` None, `metric` None or `ensemble` None fall back to the recipe's `sweep:`
+    section. `ensemble` = N > 0 trains runs of one model shape together, N at a time (`caplab.train.ensemble`).
     """
     section = recipe_sweep(recipe)
     grid = grid or dict(section.get("grid") or {})
@@ -88,10 +102,20 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     metric = metric or section.get("metric")
     if seeds < 1:
         raise ConfigError(f"bad value {seeds} for '--seeds'; expected at least 1")
+    ensemble = int(section.get("ensemble", 0)) if ensemble is None else ensemble
     sweep = {"recipe": recipe, "grid": grid, "seeds": seeds, "overrides": list(overrides), "metric": metric,
-             "level": float(section.get("level", 0.5))}
+             "level": float(section.get("level", 0.5)), "ensemble": ensemble,
+             "seed_keys": list(section.get("seed_keys", ["train.seed"])), "analysis": section.get("analysis")}
+    if sweep["analysis"] not in (None, "data_percolation"):
+        raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation")
     sweep["runs"] = plan(grid, seeds)
     configs = [load_config(recipe, _entry_overrides(sweep, e)) for e in sweep["runs"]]  # fail early, exit 2
+    if any(c.train.ensemble > 1 for c in configs):
+        raise ConfigError("a sweep makes its own seeds: use `--ensemble N` (or sweep.ensemble) instead of train.ensemble")
+    if ensemble:
+        from caplab.train.ensemble import check_ensemble
+
+        check_ensemble(configs[0].model, configs[0].train)
     if metric is None:
         sweep["metric"] = configs[0].make_task().primary_metric
     root = Path(root) if root is not None else runs_root()
@@ -117,19 +141,53 @@ def run_sweep(path: Path) -> dict:
     path = Path(path)
     sweep = read_json(path / "sweep.json")
     runs_dir = path.parent.parent
-    for i, entry in enumerate(sweep["runs"]):
-        label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
-        cfg = load_config(sweep["recipe"], _entry_overrides(sweep, entry))
-        if entry["run_id"] is None:  # reserve the id first, so a crash never leaves an unlisted run
-            entry["run_id"] = RunStore.new_run_id(cfg.recipe)
+    configs = [load_config(sweep["recipe"], _entry_overrides(sweep, entry)) for entry in sweep["runs"]]
+    for group in _groups(sweep, configs):
+        if any(sweep["runs"][i]["run_id"] is None for i in group):  # reserve ids first, so a crash never leaves an unlisted run
+            for i in group:
+                sweep["runs"][i]["run_id"] = sweep["runs"][i]["run_id"] or RunStore.new_run_id(configs[i].recipe)
             atomic_write_json(path / "sweep.json", sweep)
-        complete_reserved_run(cfg, runs_dir, entry["run_id"],
-                              lambda how: print(f"caplab sweep: {label}: {how} {entry['run_id']}", file=sys.stderr))
+        fresh = [i for i in group if not (runs_dir / sweep["runs"][i]["run_id"] / "run.json").is_file()]
+        if len(group) > 1 and len(fresh) == len(group):  # never started: train them together
+            from caplab.experiment import create_run, train_ensemble
+
+            ids = [sweep["runs"][i]["run_id"] for i in group]
+            print(f"caplab sweep: [{group[0] + 1}-{group[-1] + 1}/{len(sweep['runs'])}] ensemble of {len(group)}: "
+                  f"{ids[0]} ... {ids[-1]}", file=sys.stderr)
+            for leftover in (p for i in ids for p in runs_dir.glob(f".{i}.*")):
+                shutil.rmtree(leftover, ignore_errors=True)
+            train_ensemble([create_run(configs[i], runs_dir, run_id=sweep["runs"][i]["run_id"]) for i in group])
+            continue
+        for i in group:  # one at a time: single runs, and members of an ensemble that was interrupted
+            entry = sweep["runs"][i]
+            label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
+            complete_reserved_run(configs[i], runs_dir, entry["run_id"],
+                                  lambda how: print(f"caplab sweep: {label}: {how} {entry['run_id']}", file=sys.stderr))
     summary = aggregate(path)
     from caplab.runs.report import write_sweep_report
 
+    if sweep.get("analysis") == "data_percolation":
+        from caplab import percolation_data
+        from caplab.runs.report import data_percolation_figures
+
+        summary["data_percolation"] = percolation_data.aggregate(path, summary["level"])
+        data_percolation_figures(path / "figures", summary["data_percolation"])
     write_sweep_report(path, summary)
     return summary
+
+
+def _groups(sweep: dict, configs: list) -> list[list[int]]:
+    """Planned runs in the order they run: ensembles of runs of one shape (at most sweep["ensemble"]), or singles."""
+    size = sweep.get("ensemble") or 0
+    if size <= 1:
+        return [[i] for i in range(len(configs))]
+    by_shape: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        task = cfg.make_task()
+        train = {k: v for k, v in cfg.to_dict()["train"].items() if k != "seed"}
+        key = json.dumps([cfg.to_dict()["model"], train, task.vocab_size, task.seq_len], sort_keys=True, default=str)
+        by_shape.setdefault(key, []).append(i)
+    return [members[start : start + size] for members in by_shape.values() for start in range(0, len(members), size)]
 
 
 def _setting_key(setting: dict) -> str:
@@ -204,9 +262,13 @@ def _scaling_fit(sweep: dict, groups: dict, level: float, n_boot: int = 500) -> 
         group_list.append(group)
 
     def fit(curve_sets) -> float:
+        # a setting that never reaches the level is censored at its last evaluation (a lower bound), never dropped
         points = [threshold_crossing(g["steps"], c.mean(0), level) for g, c in zip(group_list, curve_sets)]
-        ok = [(x, p) for x, p in zip(xs, points) if np.isfinite(p) and x > 0]
-        return fit_power_law(*zip(*ok))[0] if len(ok) >= 3 else float("nan")
+        censored = [not np.isfinite(p) for p in points]
+        points = [g["steps"][-1] if cens else p for g, p, cens in zip(group_list, points, censored)]
+        if sum(not c for c in censored) < 3 or min(xs) <= 0:
+            return float("nan")
+        return censored_power_law(xs, points, censored).exponent
 
     exponent = fit([g["curves"] for g in group_list])
     rng = np.random.default_rng(0)
@@ -218,4 +280,5 @@ def _scaling_fit(sweep: dict, groups: dict, level: float, n_boot: int = 500) -> 
     if not np.isfinite(exponent) or len(samples) == 0:
         return None  # fewer than 3 settings reached the level
     low, high = np.percentile(samples, [2.5, 97.5])
-    return {"key": key, "exponent": exponent, "low": float(low), "high": float(high)}
+    n_censored = sum(not np.isfinite(threshold_crossing(g["steps"], g["curves"].mean(0), level)) for g in group_list)
+    return {"key": key, "exponent": exponent, "low": float(low), "high": float(high), "censored_settings": n_censored}

@@ -84,6 +84,8 @@ class ConceptLanguageConfig:
     density: float = 0.1  # p: share of a class's entity-value pairs the world allows
     graph: Literal["balanced", "rolled"] = "balanced"  # how allowed pairs are drawn (concept_world); rolled: the paper's code
     pairs_per_class: int = 0  # D > 0: training data shows only D distinct allowed pairs per class (0: all)
+    pairs_scale: float = 0.0  # s > 0: D = round(s * sqrt(|E_c| |K_c|)) per class instead (s = 1: the predicted threshold)
+    pairs_seed: int = 0  # which D pairs (the world stays the same)
     n_relative: int = 4  # relative properties (verbs), split evenly over the C/2 linked pairs
     n_adjectives: int = 8
     n_adverbs: int = 8
@@ -120,8 +122,10 @@ class ConceptLanguageConfig:
             raise ValueError(f"task.p_relnp_conj must lie in [0, 1), got {self.p_relnp_conj}")
         if self.density <= 0 or self.modifier_density <= 0:
             raise ValueError("task.density and task.modifier_density must be positive")
-        if self.pairs_per_class < 0:
-            raise ValueError(f"task.pairs_per_class must be non-negative, got {self.pairs_per_class}")
+        if self.pairs_per_class < 0 or self.pairs_scale < 0:
+            raise ValueError("task.pairs_per_class and task.pairs_scale must be non-negative")
+        if self.pairs_per_class and self.pairs_scale:
+            raise ValueError("set task.pairs_per_class or task.pairs_scale, not both")
         if round((1 - self.pii_fraction) * self.entities_per_class) < 1:
             raise ValueError("task.pii_fraction leaves object classes without entities")
         if len(self.task_prior) != 3 or min(self.task_prior) < 0 or sum(self.task_prior) <= 0:
@@ -172,14 +176,16 @@ class ConceptLanguage(Task):
             rows = slice(self.entity_start[c], self.entity_start[c] + self.entity_count[c])
             allowed[rows] = self._class_graph(int(self.entity_count[c]), rng)
         shown = allowed
-        if cfg.pairs_per_class:
+        if cfg.pairs_per_class or cfg.pairs_scale:
             shown = np.zeros_like(allowed)
+            pairs_rng = np.random.default_rng([cfg.seed, cfg.pairs_seed])
             for c in range(C):
                 rows = slice(self.entity_start[c], self.entity_start[c] + self.entity_count[c])
+                wanted = self.pairs_wanted(c)
                 try:
-                    shown[rows] = W.random_subgraph(allowed[rows], cfg.pairs_per_class, rng)
+                    shown[rows] = W.random_subgraph(allowed[rows], wanted, pairs_rng)
                 except ValueError as exc:
-                    raise ValueError(f"task.pairs_per_class={cfg.pairs_per_class}: {exc} (class {c})") from None
+                    raise ValueError(f"task.pairs_per_class / pairs_scale asks for {wanted} pairs: {exc} (class {c})") from None
         self.allowed, self.shown = allowed, shown
         m_adj = max(1, int(round(cfg.modifier_density * cfg.n_adjectives)))
         m_adv = max(1, int(round(cfg.modifier_density * cfg.n_adverbs)))
@@ -232,6 +238,12 @@ class ConceptLanguage(Task):
         self._eval_cache: dict = {}
         self._seen: Optional[torch.Tensor] = None  # pairs the training batches described so far
         self._warn_about_the_graph()
+
+    def pairs_wanted(self, cls: int) -> int:
+        """D of class `cls`: pairs_per_class, or pairs_scale x sqrt(|E_c| |K_c|)."""
+        if self.cfg.pairs_per_class:
+            return self.cfg.pairs_per_class
+        return int(round(self.cfg.pairs_scale * np.sqrt(self.entity_count[cls] * self.values_per_class)))
 
     def _shown_tables(self, shown: np.ndarray, entity_class: np.ndarray) -> dict[str, np.ndarray]:
         """The sampler's view of the pairs it may describe: each entity's values, and who can be described."""
@@ -328,7 +340,7 @@ class ConceptLanguage(Task):
         documents and holds exactly the requested distinct pairs.
         """
         docs = self.sample_documents(n, generator, device)
-        if not self.cfg.pairs_per_class:
+        if not (self.cfg.pairs_per_class or self.cfg.pairs_scale):
             return _batch(docs)
         shown = self.tables["shown"]
         K = self.values_per_class
@@ -364,8 +376,8 @@ class ConceptLanguage(Task):
                 pairs_of[i] = new_pairs
                 for name in Documents.__dataclass_fields__:
                     getattr(docs, name)[i] = getattr(extra, name)[r]
-        raise ValueError(f"could not fit {self.cfg.pairs_per_class} distinct pairs per class into {n} documents; "
-                         "raise task.corpus_size or lower task.pairs_per_class")
+        raise ValueError(f"could not fit {[self.pairs_wanted(c) for c in range(self.cfg.n_classes)]} distinct pairs per "
+                         f"class into {n} documents; raise task.corpus_size or lower task.pairs_per_class / pairs_scale")
 
     def described_pairs(self, tokens: torch.Tensor, symbols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row, entity, value within its class) of every descriptive value in `tokens` and the last subject before it.
@@ -452,7 +464,7 @@ class ConceptLanguage(Task):
             "entities_per_class": self.entity_count.tolist(),
             "values_per_class": self.values_per_class,
             "class_graph": summary(self.graph_reports("allowed")),  # one entry per class
-            "shown_graph": summary(self.graph_reports("shown")) if self.cfg.pairs_per_class else None,
+            "shown_graph": summary(self.graph_reports("shown")) if self.cfg.pairs_per_class or self.cfg.pairs_scale else None,
             "reachable_floor": reachable_floor(self),
             "reachable_adjective_oracle": adjective_oracle(self),
         }

@@ -69,6 +69,8 @@ class TrainConfig:
     mat_alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random: active fraction
     mat_probe: int = 16  # probe batch of the kernel estimates
     spectral_diagnostics_every: int = 0  # log gradient spike energy share and subspace overlap every N steps (0: off)
+    ensemble: int = 1  # N > 1: train seeds seed .. seed+N-1 at once (caplab.train.ensemble), one run each
+    ensemble_worlds: bool = False  # ensemble members also take worlds task.seed + i
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
@@ -76,6 +78,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.lr <= 0:
             raise ValueError("train.lr must be positive and train.warmup_steps non-negative")
+        if self.ensemble < 1:
+            raise ValueError(f"train.ensemble must be at least 1, got {self.ensemble}")
         if self.mat_every < 0 or self.mat_probe < 2:
             raise ValueError("train.mat_every must be non-negative and train.mat_probe at least 2")
 

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from caplab import ConfigError, RunStore, load_config, run_ensemble, run_experiment
+from caplab.experiment import build
+from caplab.runs.sweep import create_sweep, run_sweep
+from caplab.train.ensemble import EnsembleGPT, EnsembleTrainer
+from helpers import TINY, without_timing
+
+
+def close_records(a: list[dict], b: list[dict], tol: float = 1e-4) -> bool:
+    a, b = without_timing(a), without_timing(b)
+    return len(a) == len(b) and all(
+        ra.keys() == rb.keys() and all(abs(ra[k] - rb[k]) <= tol * max(1.0, abs(rb[k])) if isinstance(rb[k], float) else ra[k] == rb[k]
+                                       for k in ra) for ra, rb in zip(a, b))
+
+
+def test_the_stacked_forward_is_each_members_forward():
+    cfg = load_config("demo", TINY + ["model.bias=true", "model.n_layers=2"]).model
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(__import__("caplab").GPT(cfg))
+    tokens = torch.randint(cfg.d_vocab, (3, 5, 9))
+    stacked = EnsembleGPT(models)(tokens)
+    for i, model in enumerate(models):
+        assert torch.allclose(stacked[i], model(tokens[i]), atol=1e-5)
+
+
+def test_an_ensemble_of_three_matches_three_separate_runs(tmp_path):
+    cfg = load_config("demo", TINY + ["train.ensemble=3", "train.seed=4"])
+    paths = run_ensemble(cfg, tmp_path / "ensemble")
+    assert len(paths) == 3
+    for i, path in enumerate(paths):
+        store = RunStore(path)
+        assert store.info()["status"] == "completed"
+        member_cfg = store.config_dict()["train"]
+        assert member_cfg["seed"] == 4 + i and member_cfg["ensemble"] == 1  # an ordinary run of its own seed
+        alone = RunStore(run_experiment(load_config("demo", TINY + [f"train.seed={4 + i}"]), tmp_path / "alone"))
+        assert close_records(store.metrics(), alone.metrics())
+        ours, theirs = store.load_weights()[0], alone.load_weights()[0]
+        assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)
+
+
+def test_a_member_checkpoint_resumes_alone_and_the_ensemble_resumes_together():
+    cfgs = [load_config("demo", TINY + [f"train.seed={s}"]) for s in range(2)]
+    straight = []
+    for cfg in cfgs:
+        _, _, trainer = build(cfg)
+        trainer.fit()
+        straight.append(trainer.model.state_dict())
+    members = [build(cfg)[2] for cfg in cfgs]
+    ensemble = EnsembleTrainer(members)
+    for _ in range(10):
+        ensemble.train_step()
+    ensemble.sync_members(with_optimizer=True)
+    states = [m.state_tensors() for m in members]
+    fresh = lambda state: ({k: v.clone() for k, v in state[0].items()}, {k: v.clone() for k, v in state[1].items()}, state[2])  # noqa: E731
+    # (a restored optimizer may train on the very tensors it was given: each restore gets its own copy, as from a file)
+    # member 1 alone, from its own checkpoint
+    _, _, alone = build(cfgs[1])
+    alone.restore(*fresh(states[1]))
+    alone.fit()
+    assert all(torch.allclose(alone.model.state_dict()[k], straight[1][k], atol=1e-5) for k in straight[1])
+    # both again as an ensemble
+    restored = [build(cfg)[2] for cfg in cfgs]
+    for trainer, state in zip(restored, states):
+        trainer.restore(*fresh(state))
+    EnsembleTrainer(restored).fit()
+    for trainer, reference in zip(restored, straight):
+        assert all(torch.allclose(trainer.model.state_dict()[k], reference[k], atol=1e-5) for k in reference)
+
+
+def test_a_sweep_trains_runs_of_one_shape_as_ensembles(tmp_path):
+    grid = {"task.n_train_compositions": [6, 8]}
+    together = run_sweep(create_sweep("demo", grid, 2, TINY, root=tmp_path / "a", ensemble=4))
+    apart = run_sweep(create_sweep("demo", grid, 2, TINY, root=tmp_path / "b"))
+    assert together["runs_completed"] == apart["runs_completed"] == 4
+    for s, t in zip(together["settings"], apart["settings"]):
+        assert s["final_mean"] == pytest.approx(t["final_mean"], abs=1e-4)
+
+
+def test_ensembles_refuse_what_they_cannot_do(tmp_path):
+    with pytest.raises(ConfigError, match="ensemble"):
+        run_ensemble(load_config("demo", TINY + ["train.ensemble=2", "train.optimizer=muon"]), tmp_path)
+    with pytest.raises(ConfigError, match="ensemble"):
+        run_experiment(load_config("demo", TINY + ["train.ensemble=2"]), tmp_path)
+    with pytest.raises(ConfigError, match="--ensemble"):
+        create_sweep("demo", {}, 2, TINY + ["train.ensemble=2"], root=tmp_path)
+    assert not list(tmp_path.glob("demo-*"))  # nothing was created

@@ -149,13 +149,13 @@ def test_emergence_recipe_runs_end_to_end(tmp_path):
     assert all(0 <= r["eval_s"] <= r["elapsed_s"] for r in records)
 
 
-CONCEPT_TINY = ["task.eval_samples=4", "task.eval_reachable=16", "task.max_length=24", "task.task_prior=[1.0,0.0,0.0]",
+CONCEPT_SMALL = ["task.eval_samples=4", "task.eval_reachable=16", "task.max_length=24", "task.task_prior=[1.0,0.0,0.0]",
                 "model.n_layers=1", "model.d_model=16", "train.batch_size=8", "train.steps=4", "train.eval_every=2",
                 "train.checkpoint_every=4", "train.progress=never"]
 
 
 def test_an_ensemble_run_prints_each_member_and_show_tells_the_worlds_floor_and_oracle(tmp_path):
-    result = caplab("run", "emergence", *_sets(CONCEPT_TINY + ["train.ensemble=2", "train.seed=7"]), root=tmp_path)
+    result = caplab("run", "emergence", *_sets(CONCEPT_SMALL + ["train.ensemble=2", "train.seed=7"]), root=tmp_path)
     assert result.returncode == 0, result.stderr
     paths = result.stdout.strip().splitlines()
     assert len(paths) == 2 and all(RunStore.open(p).info()["status"] == "completed" for p in paths)
@@ -165,7 +165,7 @@ def test_an_ensemble_run_prints_each_member_and_show_tells_the_worlds_floor_and_
 
 
 def test_a_corpus_that_cannot_hold_its_pairs_is_one_line_and_nothing_is_created(tmp_path):
-    result = caplab("run", "emergence", *_sets(CONCEPT_TINY + ["task.pairs_per_class=150", "task.corpus_size=20"]), root=tmp_path)
+    result = caplab("run", "emergence", *_sets(CONCEPT_SMALL + ["task.pairs_per_class=150", "task.corpus_size=20"]), root=tmp_path)
     errors = [line for line in result.stderr.splitlines() if line.startswith("caplab: error:")]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
     assert "corpus_size" in result.stderr and not list(tmp_path.glob("emergence-*"))

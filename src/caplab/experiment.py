@@ -117,12 +117,16 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
     return _finish(store, task, final, catalog)
 
 
-def train_ensemble(stores: list[RunStore], restore: bool = False) -> list[Path]:
-    """Train created runs of one model shape together (`caplab.train.ensemble`); each stays an ordinary run."""
+def train_ensemble(stores: list[RunStore]) -> list[Path]:
+    """Train created runs of one model shape together (`caplab.train.ensemble`); each stays an ordinary run.
+
+    An ensemble that stops is resumed member by member (`resume_run`): its checkpoints are ordinary ones.
+    """
     from caplab.train.ensemble import EnsembleTrainer
 
     catalog = Catalog(stores[0].path.parent)
-    prepared = [_prepare(store, config_from_json((store.path / "config.json").read_text()), catalog, restore) for store in stores]
+    prepared = [_prepare(store, config_from_json((store.path / "config.json").read_text()), catalog, restore=False)
+                for store in stores]
     with _marking_failures(stores, catalog):
         finals = EnsembleTrainer([trainer for _, trainer in prepared]).fit()
     return [_finish(store, task, final, catalog) for store, (task, _), final in zip(stores, prepared, finals)]

@@ -31,7 +31,7 @@ import numpy as np
 
 from caplab.analysis.censored import censored_power_law, first_reach
 from caplab.analysis.percolation import component_labels
-from caplab.runs.store import RunStore, atomic_write_json, read_json
+from caplab.runs.store import atomic_write_json
 from caplab.tasks import concept_world as W
 
 SCORE = "reachable_pairs_specific"
@@ -61,22 +61,19 @@ def graph_reachability(n_entities: int, n_values: int, density: float, pairs: li
 
 def _runs(path: Path) -> list[dict]:
     """One record per completed run of the sweep: its world size, D, world, seed and final scores."""
-    sweep = read_json(path / "sweep.json")
-    runs_dir = path.parent.parent
+    from caplab.runs.sweep import completed_runs
+
     records = []
-    for entry in sweep["runs"]:
-        if entry["run_id"] is None:
-            continue
-        store = RunStore(runs_dir / entry["run_id"])
-        if store.info()["status"] != "completed":
-            continue
-        task, final = store.config_dict()["task"], store.metrics()[-1]
+    for entry, store in completed_runs(path):
+        task, evaluations = store.config_dict()["task"], store.metrics()
+        final, previous = evaluations[-1], evaluations[-2] if len(evaluations) > 1 else {}
         facts = store.read_json("task.json")
         shown = facts["shown_graph"]["edges"] if facts.get("shown_graph") else facts["class_graph"]["edges"]
         records.append({
             "run_id": entry["run_id"], "entities": facts["entities_per_class"][0], "values": facts["values_per_class"],
             "density": task["density"], "world": task["seed"], "seed": entry["seed"], "pairs": float(np.mean(shown)),
             **{k: final[k] for k in (SCORE, "reachable_pairs", "reachable_pairs_swap", "eval_loss", "train_loss") if k in final},
+            "previous": previous.get(SCORE, float("nan")), "previous_step": previous.get("step"), "step": final["step"],
         })
     return records
 
@@ -114,7 +111,9 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000) -> dict:
         D = [p["pairs"] for p in points]
         threshold, censored = first_reach(D, [p[SCORE] for p in points], level)
         units.append({"entities": E, "values": K, "density": density, "world": world, "seed": seed,
-                      "pairs": D, "score": [p[SCORE] for p in points], "threshold": threshold, "censored": censored})
+                      "pairs": D, "score": [p[SCORE] for p in points], "threshold": threshold, "censored": censored,
+                      # the same curve one evaluation earlier: how far from converged the runs still were
+                      "score_previous": [p["previous"] for p in points], "steps": [points[0]["previous_step"], points[0]["step"]]})
     rng = np.random.default_rng(0)
     network = _fit(units)
     low, high = _bootstrap(units, n_boot, rng)
@@ -144,7 +143,9 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000) -> dict:
         "sizes": [{"entities": E, "values": K, "density": density,
                    "thresholds": [u["threshold"] for u in units if (u["entities"], u["values"]) == (E, K)],
                    "censored": [u["censored"] for u in units if (u["entities"], u["values"]) == (E, K)],
-                   "graph_threshold": g["threshold"], "graph_censored": g["censored"]}
+                   "graph_threshold": g["threshold"], "graph_censored": g["censored"],
+                   "change_since_previous_evaluation": float(np.mean([np.subtract(u["score"], u["score_previous"]) for u in units
+                                                                      if (u["entities"], u["values"]) == (E, K)], axis=0).max())}
                   for (E, K, density), g in zip(sizes, graph)],
         "units": units, "graph": graph,
     }

@@ -194,17 +194,23 @@ def _setting_key(setting: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting.items()) or "default"
 
 
-def curves_by_setting(path: Path) -> dict[str, dict]:
-    """{setting label: {"setting", "steps", "curves" (n_seeds, n_steps), "run_ids"}} for the tracked metric."""
+def completed_runs(path: Path):
+    """(planned entry, RunStore) of every run of the sweep at `path` that has completed, in plan order."""
     sweep = read_json(Path(path) / "sweep.json")
     runs_dir = Path(path).parent.parent
-    groups: dict[str, dict] = {}
     for entry in sweep["runs"]:
         if entry["run_id"] is None:
             continue
         store = RunStore(runs_dir / entry["run_id"])
-        if store.info()["status"] != "completed":
-            continue
+        if store.info()["status"] == "completed":
+            yield entry, store
+
+
+def curves_by_setting(path: Path) -> dict[str, dict]:
+    """{setting label: {"setting", "steps", "curves" (n_seeds, n_steps), "run_ids"}} for the tracked metric."""
+    sweep = read_json(Path(path) / "sweep.json")
+    groups: dict[str, dict] = {}
+    for entry, store in completed_runs(path):
         records = store.metrics()
         group = groups.setdefault(_setting_key(entry["setting"]), {"setting": entry["setting"], "runs": []})
         group["runs"].append((entry["run_id"], [r["step"] for r in records], [r.get(sweep["metric"], np.nan) for r in records]))

@@ -68,6 +68,9 @@ class WorldWarning(UserWarning):
     """A concept world whose class graph cannot percolate, or is split into pieces."""
 
 
+_WARNED: dict = {}  # the warnings registry of WorldWarning
+
+
 # The paper's scale (its code's defaults): |E| = 900, |K| = 18,000; `make_task("concept_language", **PAPER_SCALE)`.
 # The `emergence-paper` recipe sets the same sizes.
 PAPER_SCALE = dict(n_classes=10, entities_per_class=100, properties_per_class=45, values_per_property=40, density=0.1,
@@ -291,14 +294,17 @@ class ConceptLanguage(Task):
         reports = self.graph_reports("allowed")
         worst = min(reports, key=lambda r: (r["density"] / r["critical_density"], -r["components"]))
         if worst["density"] <= worst["critical_density"]:
-            warnings.warn(f"concept world: density p = {worst['density']:.4g} is at or below p_c = "
-                          f"{worst['critical_density']:.4g} = 1/sqrt(|E_c| |K_c|); the class graph cannot percolate",
-                          WorldWarning, stacklevel=3)
+            message = (f"concept world: density p = {worst['density']:.4g} is at or below p_c = "
+                       f"{worst['critical_density']:.4g} = 1/sqrt(|E_c| |K_c|); the class graph cannot percolate")
         elif max(r["components"] for r in reports) > 1:
             r = max(reports, key=lambda r: r["components"])
-            warnings.warn(f"concept world: a class graph is split into {r['components']} components (largest "
-                          f"{r['largest_component_fraction']:.0%} of its nodes) at p = {r['density']:.4g} "
-                          f"(p_c = {r['critical_density']:.4g})", WorldWarning, stacklevel=3)
+            message = (f"concept world: a class graph is split into {r['components']} components (largest "
+                       f"{r['largest_component_fraction']:.0%} of its nodes) at p = {r['density']:.4g} "
+                       f"(p_c = {r['critical_density']:.4g})")
+        else:
+            return
+        # one place and one registry, so a world built several times in a process is warned about once
+        warnings.warn_explicit(message, WorldWarning, "caplab.tasks.concept_language", 0, registry=_WARNED)
 
     # ------------------------------------------------------------ helpers
 

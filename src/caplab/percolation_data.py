@@ -3,7 +3,7 @@
 The percolation model of emergence (Lubana et al., ICLR 2025) predicts that a
 model generalises class membership to unseen entity-value pairs once the
 pairs it has observed percolate, at D* ~ sqrt(|E_c| |K_c|) distinct pairs per
-class. Here each run trains to convergence on a finite corpus showing exactly
+class. Here each run trains for a fixed budget on a finite corpus showing exactly
 D pairs per class (`task.pairs_scale` = D / sqrt(|E_c| |K_c|)), and its final
 class-specific order parameter (`reachable_pairs_specific`: unseen pairs
 ranked high for their own subject and not for a subject of another class) is
@@ -14,8 +14,8 @@ censored at its largest D. The exponent of D* against |E_c| |K_c| (theory:
 curves within each size.
 
 The same analysis is run on the graph alone: the share of unseen pairs whose
-entity and value are connected by the shown pairs, for the same worlds and
-the same D, gives the percolation model's own D* for this grid (finite sizes
+entity and value are connected by the shown pairs, for worlds drawn the same
+way (not the runs' own) and the same D, gives the percolation model's own D* for this grid (finite sizes
 included), the prediction the network is compared with.
 
 `aggregate` reads a finished sweep (runs are ordinary runs; any recipe whose
@@ -144,8 +144,8 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000) -> dict:
                    "thresholds": [u["threshold"] for u in units if (u["entities"], u["values"]) == (E, K)],
                    "censored": [u["censored"] for u in units if (u["entities"], u["values"]) == (E, K)],
                    "graph_threshold": g["threshold"], "graph_censored": g["censored"],
-                   "change_since_previous_evaluation": float(np.mean([np.subtract(u["score"], u["score_previous"]) for u in units
-                                                                      if (u["entities"], u["values"]) == (E, K)], axis=0).max())}
+                   "change_since_previous_evaluation": float(np.abs(np.mean([np.subtract(u["score"], u["score_previous"]) for u in units
+                                                                             if (u["entities"], u["values"]) == (E, K)], axis=0)).max())}
                   for (E, K, density), g in zip(sizes, graph)],
         "units": units, "graph": graph,
     }

@@ -296,6 +296,9 @@ def test_evaluate_on_an_untrained_model_returns_every_metric_in_range():
                  "reachable_pairs", "reachable_pairs_unscramble", "reachable_pairs_swap"):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert metrics["grammaticality"] == 0.0  # an untrained model does not stop at <eos> in a grammatical way
+    # the class-specific score is linear in the hit rates, so its two equal halves average to the whole
+    halves = (metrics["reachable_pairs_specific_a"] + metrics["reachable_pairs_specific_b"]) / 2
+    assert halves == pytest.approx(metrics["reachable_pairs_specific"], abs=1e-6)
     for t in range(3):  # near the uniform loss ln(vocab)
         assert abs(metrics[f"loss_T{t}"] - np.log(task.vocab_size)) < 0.5
     assert metrics == task.evaluate(model, CPU)  # the same draws at every evaluation

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from caplab import ConfigError
+from caplab.analysis.emergence import peak_read
 from caplab.percolation_data import graph_reachability
 from caplab.runs.sweep import create_sweep, plan, run_sweep
 
@@ -35,6 +36,7 @@ sweep:
   metric: reachable_pairs_specific
   ensemble: 8
   analysis: data_percolation
+  read: peak
 task: {name: concept_language, n_classes: 4, pii_fraction: 0.0, values_per_property: 4, density: 0.5, n_relative: 2,
        p_np_conj: 0.0, p_desc: 1.0, task_prior: [1.0, 0.0, 0.0], max_length: 24, corpus_size: 128, eval_samples: 8,
        eval_reachable: 32}
@@ -56,3 +58,31 @@ def test_a_data_percolation_sweep_fits_thresholds_from_every_curve(tmp_path):
     assert summary["censored"] == sum(u["censored"] for u in summary["units"])
     saved = json.loads((path / "data_percolation.json").read_text())
     assert saved["curves"] == 4 and (path / "figures" / "data_percolation_scaling.png").is_file()
+    # read at the peak; the final read of the same runs is carried beside it and matches their last evaluation
+    assert summary["read"] == "peak" and len(summary["final_read"]["thresholds"]) == 2
+    from caplab.runs.sweep import completed_runs
+
+    evaluations = [store.metrics() for _, store in completed_runs(path)]
+    finals = sorted(v for u in summary["units"] for v in u["score_final"])
+    assert finals == pytest.approx(sorted(e[-1]["reachable_pairs_specific"] for e in evaluations))
+    steps = {e["step"] for run in evaluations for e in run}
+    assert all(s in {(x + y) / 2 for x in steps for y in steps} for u in summary["units"] for s in u["peak_step"])
+
+
+def test_peak_read_scores_each_half_where_the_other_peaks():
+    evaluations = [{"step": 0, "reachable_pairs_specific_a": 0.1, "reachable_pairs_specific_b": 0.2},
+                   {"step": 5, "reachable_pairs_specific_a": 0.5, "reachable_pairs_specific_b": 0.4},
+                   {"step": 9, "reachable_pairs_specific_a": 0.3, "reachable_pairs_specific_b": 0.6}]
+    score, step, at_end = peak_read(evaluations, "reachable_pairs_specific")
+    assert score == pytest.approx((0.4 + 0.3) / 2) and step == 7 and at_end
+    score, step, at_end = peak_read(evaluations[:2], "reachable_pairs_specific")
+    assert score == pytest.approx((0.4 + 0.5) / 2) and step == 5 and at_end
+    score, _, at_end = peak_read([evaluations[1], {**evaluations[0], "step": 7}], "reachable_pairs_specific")  # both halves peak before the end
+    assert score == pytest.approx(0.45) and not at_end
+
+
+def test_a_bad_read_is_a_config_error(tmp_path):
+    recipe = tmp_path / "bad-read.yaml"
+    recipe.write_text(RECIPE.replace("read: peak", "read: best"))
+    with pytest.raises(ConfigError, match="sweep.read"):
+        create_sweep(str(recipe), {}, None, root=tmp_path)

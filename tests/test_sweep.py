@@ -68,6 +68,32 @@ def test_aggregate_recovers_a_known_power_law(tmp_path):
     json.loads((path / "summary.json").read_text())  # strict JSON (no NaN)
 
 
+def test_a_peak_read_sweep_scores_each_run_where_its_other_half_peaks(tmp_path):
+    """Synthetic runs that rise to a known peak at step 40 and fall: the peak read recovers its height and step."""
+    steps = [0, 10, 20, 30, 40, 50, 60]
+    sweep = {"recipe": "synthetic", "grid": {"task.size": [1, 2]}, "seeds": 3, "overrides": [], "metric": "acc",
+             "read": "peak", "runs": []}
+    rng = np.random.default_rng(0)
+    for size in (1, 2):
+        for seed in range(3):
+            store = RunStore.create("synthetic", tmp_path)
+            for step in steps:
+                height = 0.4 * size * (1 - abs(step - 40) / 40)  # peak 0.4 * size at step 40
+                a, b = height + rng.normal(0, 0.01), height + rng.normal(0, 0.01)
+                store.log_metrics({"step": step, "tokens": step, "acc": (a + b) / 2, "acc_a": a, "acc_b": b})
+            store.set_status("completed")
+            sweep["runs"].append({"setting": {"task.size": size}, "seed": seed, "run_id": store.path.name})
+    path = tmp_path / "sweeps" / "synthetic"
+    path.mkdir(parents=True)
+    atomic_write_json(path / "sweep.json", sweep)
+    summary = aggregate(path)
+    for setting, size in zip(summary["settings"], (1, 2)):
+        peak = setting["peak"]
+        assert peak["mean"] == pytest.approx(0.4 * size, abs=0.02) and peak["low"] <= peak["mean"] <= peak["high"]
+        assert peak["median_step"] == 40 and peak["at_last_evaluation"] == 0
+        assert setting["final_mean"] == pytest.approx(0.2 * size, abs=0.02)  # the final read is half the peak
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     args = [sys.executable, "-m", "caplab.cli", "sweep", "demo", "--grid", "task.n_train_compositions=4,8",

@@ -104,6 +104,9 @@ def _run_sweep(path: Path) -> None:
     for s in summary["settings"]:
         print(f"{s['label']:<40} final {summary['metric']} {s['final_mean']:.3f} +- {s['final_std']:.3f}   "
               f"reaches {summary['level']} at step {format_interval(s['crossing'])}")
+        if "peak" in s:
+            pk = s["peak"]
+            print(f"{'':<40} at its peak {pk['mean']:.3f} [{pk['low']:.3f}, {pk['high']:.3f}] (median step {pk['median_step']:g})")
     if summary["scaling"]:
         sc = summary["scaling"]
         print(f"scaling: step ~ {sc['key']}^{sc['exponent']:.3f}  95% CI [{sc['low']:.3f}, {sc['high']:.3f}]")

@@ -4,10 +4,15 @@ The percolation model of emergence (Lubana et al., ICLR 2025) predicts that a
 model generalises class membership to unseen entity-value pairs once the
 pairs it has observed percolate, at D* ~ sqrt(|E_c| |K_c|) distinct pairs per
 class. Here each run trains for a fixed budget on a finite corpus showing exactly
-D pairs per class (`task.pairs_scale` = D / sqrt(|E_c| |K_c|)), and its final
+D pairs per class (`task.pairs_scale` = D / sqrt(|E_c| |K_c|)), and its
 class-specific order parameter (`reachable_pairs_specific`: unseen pairs
 ranked high for their own subject and not for a subject of another class) is
-read against D. Per (world size, world, seed) the curve over D gives D*, the
+read against D, either at the last evaluation (`read="final"`) or at the
+run's peak (`read="peak"`). Class knowledge rises and then falls as the shown
+pairs are memorised, so the peak is the run's best generalisation; to read it
+without the upward bias of a maximum over noisy evaluations, the prompts are
+split in two halves: the evaluation where half a peaks is scored on half b and
+vice versa (cross-fitting), and the two are averaged. Per (world size, world, seed) the curve over D gives D*, the
 first D where the score reaches the level; a curve that never does is
 censored at its largest D. The exponent of D* against |E_c| |K_c| (theory:
 1/2) comes from a censored power-law fit, with a bootstrap over (world, seed)
@@ -30,11 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from caplab.analysis.censored import censored_power_law, first_reach
+from caplab.analysis.emergence import peak_read
 from caplab.analysis.percolation import component_labels
 from caplab.runs.store import atomic_write_json
 from caplab.tasks import concept_world as W
 
 SCORE = "reachable_pairs_specific"
+READS = ("final", "peak")
 PREDICTED_EXPONENT = 0.5  # of D* against |E_c| |K_c|
 
 
@@ -59,20 +66,28 @@ def graph_reachability(n_entities: int, n_values: int, density: float, pairs: li
     return out.mean(1)
 
 
-def _runs(path: Path) -> list[dict]:
-    """One record per completed run of the sweep: its world size, D, world, seed and final scores."""
+def _runs(path: Path, read: str) -> list[dict]:
+    """One record per completed run of the sweep: its world size, D, world, seed and scores (as `read`)."""
     from caplab.runs.sweep import completed_runs
 
     records = []
     for entry, store in completed_runs(path):
         task, evaluations = store.config_dict()["task"], store.metrics()
+        evaluations = [e for e in evaluations if SCORE in e]
         final, previous = evaluations[-1], evaluations[-2] if len(evaluations) > 1 else {}
+        if read == "peak":
+            if f"{SCORE}_a" not in final:
+                raise ValueError(f"run {entry['run_id']} logs no {SCORE}_a/_b (split-half scores): it cannot be read at its peak")
+            score, peak_step, at_end = peak_read(evaluations, SCORE)
+        else:
+            score, peak_step, at_end = final[SCORE], float(final["step"]), True
         facts = store.read_json("task.json")
         shown = facts["shown_graph"]["edges"] if facts.get("shown_graph") else facts["class_graph"]["edges"]
         records.append({
             "run_id": entry["run_id"], "entities": facts["entities_per_class"][0], "values": facts["values_per_class"],
             "density": task["density"], "world": task["seed"], "seed": entry["seed"], "pairs": float(np.mean(shown)),
-            **{k: final[k] for k in (SCORE, "reachable_pairs", "reachable_pairs_swap", "eval_loss", "train_loss") if k in final},
+            **{k: final[k] for k in ("reachable_pairs", "reachable_pairs_swap", "eval_loss", "train_loss") if k in final},
+            SCORE: score, "final": final[SCORE], "peak_step": peak_step, "peak_at_end": at_end,
             "previous": previous.get(SCORE, float("nan")), "previous_step": previous.get("step"), "step": final["step"],
         })
     return records
@@ -98,10 +113,15 @@ def _bootstrap(units: list[dict], n_boot: int, rng) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000) -> dict:
-    """Thresholds D* per curve, the censored fits of D* against |E_c| |K_c| (network and graph), and their intervals."""
+def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000, read: str = "final", write: bool = True) -> dict:
+    """Thresholds D* per curve, the censored fits of D* against |E_c| |K_c| (network and graph), and their intervals.
+
+    A peak read also carries the final read's fit (`final_read`), so the two can be compared on the same runs.
+    """
+    if read not in READS:
+        raise ValueError(f"bad read {read!r}; valid: {', '.join(READS)}")
     path = Path(path)
-    runs = _runs(path)
+    runs = _runs(path, read)
     curves = defaultdict(list)
     for r in runs:
         curves[(r["entities"], r["values"], r["density"], r["world"], r["seed"])].append(r)
@@ -113,7 +133,9 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000) -> dict:
         units.append({"entities": E, "values": K, "density": density, "world": world, "seed": seed,
                       "pairs": D, "score": [p[SCORE] for p in points], "threshold": threshold, "censored": censored,
                       # the same curve one evaluation earlier: how far from converged the runs still were
-                      "score_previous": [p["previous"] for p in points], "steps": [points[0]["previous_step"], points[0]["step"]]})
+                      "score_previous": [p["previous"] for p in points], "steps": [points[0]["previous_step"], points[0]["step"]],
+                      "score_final": [p["final"] for p in points], "peak_step": [p["peak_step"] for p in points],
+                      "peak_at_end": [p["peak_at_end"] for p in points]})
     rng = np.random.default_rng(0)
     network = _fit(units)
     low, high = _bootstrap(units, n_boot, rng)
@@ -135,7 +157,7 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000) -> dict:
         return _fit(chosen).exponent if len({(r["entities"], r["values"]) for r in chosen}) >= 2 else None
 
     summary = {
-        "metric": SCORE, "level": level, "runs": len(runs), "curves": len(units), "censored": sum(u["censored"] for u in units),
+        "metric": SCORE, "read": read, "level": level, "runs": len(runs), "curves": len(units), "censored": sum(u["censored"] for u in units),
         "exponent": network.exponent, "interval": [low, high], "sigma": network.sigma,
         "exponent_vs_values": arm(units, "entities"), "exponent_vs_entities": arm(units, "values"),
         "graph_exponent": graph_fit.exponent, "graph_exponent_vs_values": arm(graph, "entities"),
@@ -144,10 +166,18 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000) -> dict:
                    "thresholds": [u["threshold"] for u in units if (u["entities"], u["values"]) == (E, K)],
                    "censored": [u["censored"] for u in units if (u["entities"], u["values"]) == (E, K)],
                    "graph_threshold": g["threshold"], "graph_censored": g["censored"],
+                   # median step of the read, and the share of runs whose read is their last evaluation (peak maybe not reached)
+                   "read_step": float(np.median([s for u in units if (u["entities"], u["values"]) == (E, K) for s in u["peak_step"]])),
+                   "read_at_last_evaluation": float(np.mean([a for u in units if (u["entities"], u["values"]) == (E, K) for a in u["peak_at_end"]])),
                    "change_since_previous_evaluation": float(np.abs(np.mean([np.subtract(u["score"], u["score_previous"]) for u in units
                                                                              if (u["entities"], u["values"]) == (E, K)], axis=0)).max())}
                   for (E, K, density), g in zip(sizes, graph)],
         "units": units, "graph": graph,
     }
-    atomic_write_json(path / "data_percolation.json", summary)
+    if read == "peak":
+        final = aggregate(path, level, n_boot, read="final", write=False)
+        summary["final_read"] = {k: final[k] for k in ("exponent", "interval", "censored", "exponent_vs_values", "exponent_vs_entities")}
+        summary["final_read"]["thresholds"] = [size["thresholds"] for size in final["sizes"]]
+    if write:
+        atomic_write_json(path / "data_percolation.json", summary)
     return summary

@@ -136,3 +136,17 @@ def emergence_order(curves: dict[str, tuple], estimator: Callable = sigmoid_midp
     """
     points = [(name, estimator(*curve)) for name, curve in curves.items()]
     return sorted(points, key=lambda item: (not np.isfinite(item[1]), item[1]))
+
+
+def peak_read(evaluations: list[dict], metric: str) -> tuple[float, float, bool]:
+    """A run's metric at its best evaluation, without the upward bias of a maximum over noisy evaluations.
+
+    Needs the metric on two disjoint halves of its prompts (`<metric>_a`, `<metric>_b`): the evaluation where
+    half a peaks is scored on half b and vice versa (cross-fitting), and the two are averaged. Returns (that
+    score, the mean step of the two picks, whether either pick is the last evaluation: the peak may lie later).
+    """
+    a = np.array([e[f"{metric}_a"] for e in evaluations])
+    b = np.array([e[f"{metric}_b"] for e in evaluations])
+    pick_a, pick_b = int(np.argmax(a)), int(np.argmax(b))
+    steps = [evaluations[pick_a]["step"], evaluations[pick_b]["step"]]
+    return float(b[pick_a] + a[pick_b]) / 2, float(np.mean(steps)), len(evaluations) - 1 in (pick_a, pick_b)

@@ -207,7 +207,8 @@ def write_sweep_report(path: Path, summary: dict) -> Path:
     rows = []
     for s in summary["settings"]:
         c = s["crossing"]
-        rows.append(f"<tr><td>{html.escape(s['label'])}</td><td>{s['n_seeds']}</td><td>{s['final_mean']:.3f} +- {s['final_std']:.3f}</td>"
+        peak = f"; at its peak {s['peak']['mean']:.3f} [{s['peak']['low']:.3f}, {s['peak']['high']:.3f}]" if "peak" in s else ""
+        rows.append(f"<tr><td>{html.escape(s['label'])}</td><td>{s['n_seeds']}</td><td>{s['final_mean']:.3f} +- {s['final_std']:.3f}{peak}</td>"
                     f"<td>{format_interval(c)}</td></tr>")
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>caplab sweep</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
@@ -303,7 +304,8 @@ def data_percolation_figures(figures: Path, summary: dict) -> list[str]:
         ax.plot(np.array(graph["pairs"]) / scale, graph["reachable"], color=f"C{i}", ls=":", lw=1)
     ax.axhline(summary["level"], color="grey", lw=0.8, ls="--")
     ax.axvline(1.0, color="grey", lw=0.8)
-    ax.set_title("network: class-specific order parameter (dots, 95% CI); graph: unseen pairs connected (dotted)", fontsize=8)
+    ax.set_title(f"network: class-specific order parameter, {summary.get('read', 'final')} read (dots, 95% CI); "
+                 "graph: unseen pairs connected (dotted)", fontsize=8)
     ax.legend(fontsize=6)
     _finish_log_figure(fig, ax, figures / names[0], "distinct observed pairs per class D / sqrt(|E_c| |K_c|)",
                        "reachable_pairs_specific / reachable share")

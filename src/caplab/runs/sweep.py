@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from caplab.analysis.emergence import bootstrap, sigmoid_midpoint, threshold_crossing
+from caplab.analysis.emergence import bootstrap, peak_read, sigmoid_midpoint, threshold_crossing
 from caplab.analysis.censored import censored_power_law
 from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError
@@ -79,7 +79,7 @@ def recipe_sweep(recipe: str) -> dict:
     section = data.get("sweep") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"recipe {recipe!r}: 'sweep' must be a mapping with grid, seeds, metric")
-    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis")
+    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read")
     unknown = [k for k in section if k not in valid]
     if unknown:
         raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: {', '.join(valid)}")
@@ -105,9 +105,12 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     ensemble = int(section.get("ensemble", 0)) if ensemble is None else ensemble
     sweep = {"recipe": recipe, "grid": grid, "seeds": seeds, "overrides": list(overrides), "metric": metric,
              "level": float(section.get("level", 0.5)), "ensemble": ensemble,
-             "seed_keys": list(section.get("seed_keys", ["train.seed"])), "analysis": section.get("analysis")}
+             "seed_keys": list(section.get("seed_keys", ["train.seed"])), "analysis": section.get("analysis"),
+             "read": section.get("read", "final")}
     if sweep["analysis"] not in (None, "data_percolation"):
         raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation")
+    if sweep["read"] not in ("final", "peak"):  # when a data_percolation analysis reads each run's score
+        raise ConfigError(f"bad value {sweep['read']!r} for 'sweep.read'; valid: final, peak")
     sweep["runs"] = plan(grid, seeds)
     configs = [load_config(recipe, _entry_overrides(sweep, e)) for e in sweep["runs"]]  # fail early, exit 2
     if any(c.train.ensemble > 1 for c in configs):
@@ -170,7 +173,7 @@ def run_sweep(path: Path) -> dict:
         from caplab import percolation_data
         from caplab.runs.report import data_percolation_figures
 
-        summary["data_percolation"] = percolation_data.aggregate(path, summary["level"])
+        summary["data_percolation"] = percolation_data.aggregate(path, summary["level"], read=sweep.get("read", "final"))
         data_percolation_figures(path / "figures", summary["data_percolation"])
     write_sweep_report(path, summary)
     return summary
@@ -249,11 +252,30 @@ def aggregate(path: Path, level: Optional[float] = None) -> dict:
         for key in ("crossing", "sigmoid_midpoint"):
             if s[key] is not None:
                 s[key] = {k: (v if v == v else None) for k, v in s[key].items()}
-    summary = {"recipe": sweep["recipe"], "metric": sweep["metric"], "level": level,
+    if sweep.get("read") == "peak":
+        _add_peak_reads(path, sweep["metric"], settings)
+    summary = {"recipe": sweep["recipe"], "metric": sweep["metric"], "level": level, "read": sweep.get("read", "final"),
                "runs_planned": len(sweep["runs"]), "runs_completed": sum(s["n_seeds"] for s in settings),
                "settings": settings, "scaling": _scaling_fit(sweep, groups, level)}
     atomic_write_json(path / "summary.json", summary)
     return summary
+
+
+def _add_peak_reads(path: Path, metric: str, settings: list[dict], n_boot: int = 2000) -> None:
+    """Each setting's runs read at their peak (`peak_read`): mean, a percentile bootstrap interval over runs, steps."""
+    reads: dict[str, list] = {}
+    for entry, store in completed_runs(path):
+        evaluations = [e for e in store.metrics() if f"{metric}_a" in e]
+        if not evaluations:
+            raise ConfigError(f"run {entry['run_id']} logs no {metric}_a/_b (split-half scores): it cannot be read at its peak")
+        reads.setdefault(_setting_key(entry["setting"]), []).append(peak_read(evaluations, metric))
+    rng = np.random.default_rng(0)
+    for s in settings:
+        scores = np.array([r[0] for r in reads[s["label"]]])
+        means = scores[rng.integers(len(scores), size=(n_boot, len(scores)))].mean(1)
+        s["peak"] = {"mean": float(scores.mean()), "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5)),
+                     "scores": scores.tolist(), "median_step": float(np.median([r[1] for r in reads[s["label"]]])),
+                     "at_last_evaluation": int(sum(r[2] for r in reads[s["label"]]))}
 
 
 def _scaling_fit(sweep: dict, groups: dict, level: float, n_boot: int = 500) -> Optional[dict]:

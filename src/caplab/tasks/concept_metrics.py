@@ -15,6 +15,8 @@
     reachable_rank          their mean rank / values per class; `_unscramble`: the same under a T1 prompt
     reachable_pairs_swap    the control: the same prompts with the subject replaced by one of another class
     reachable_pairs_specific  class knowledge: (normal - swap), 0 without it, 1 with the subject's class ranked first
+    reachable_pairs_specific_a/_b  the same on the first / second half of the prompts: one half picks a
+                            run's best evaluation, the other scores it (an unbiased read at the peak)
     loss_T0, loss_T1, loss_T2  teacher-forced loss of held-out documents of each task
 
 Type-constraint fractions are taken over grammatical generations; a constraint
@@ -248,15 +250,19 @@ def _generate_after_prompt(model, docs, width: int, sample: bool, generator) -> 
     return out.gather(1, index.clamp(max=width - 1)).masked_fill(index >= width, G.PAD)
 
 
-def _order_parameter(task, model, docs) -> tuple[float, float]:
-    """(share of prompts whose value ranks below 1.5 |K_c|, mean rank / |K_c|)."""
+def _value_ranks(task, model, docs) -> torch.Tensor:
+    """Per prompt, the rank of its value among all tokens after `adj subject is adj`, over |K_c|."""
     value_position = docs.prompt_length + 4  # adj subject is adj VALUE
     logits = model(docs.tokens[:, : int(value_position.max())]).float()
     at = logits.gather(1, (value_position - 1)[:, None, None].expand(-1, 1, logits.shape[-1])).squeeze(1)  # (n, vocab)
     target = docs.tokens.gather(1, value_position[:, None])
-    rank = (at > at.gather(1, target)).sum(1).float()
-    per_class = task.values_per_class
-    return (rank < RANK_FACTOR * per_class).float().mean().item(), (rank / per_class).mean().item()
+    return (at > at.gather(1, target)).sum(1).float() / task.values_per_class
+
+
+def _order_parameter(task, model, docs) -> tuple[float, float]:
+    """(share of prompts whose value ranks below 1.5 |K_c|, mean rank / |K_c|)."""
+    rank = _value_ranks(task, model, docs)
+    return (rank < RANK_FACTOR).float().mean().item(), rank.mean().item()
 
 
 @torch.no_grad()
@@ -292,9 +298,14 @@ def evaluate_concept_language(task, model: nn.Module, device) -> dict[str, float
     metrics["conditional_satisfied"] = satisfied.float().mean().item() if len(tokens) else 0.0
     metrics["conditional_grammatical"] = grammatical.float().mean().item() if len(tokens) else 0.0
 
-    metrics["reachable_pairs"], metrics["reachable_rank"] = _order_parameter(task, model, sets["reachable_T0"])
-    metrics["reachable_pairs_swap"], _ = _order_parameter(task, model, sets["reachable_swap_T0"])
+    rank, swapped = _value_ranks(task, model, sets["reachable_T0"]), _value_ranks(task, model, sets["reachable_swap_T0"])
+    hit, hit_swapped = (rank < RANK_FACTOR).float(), (swapped < RANK_FACTOR).float()
+    metrics["reachable_pairs"], metrics["reachable_rank"] = hit.mean().item(), rank.mean().item()
+    metrics["reachable_pairs_swap"] = hit_swapped.mean().item()
     metrics["reachable_pairs_specific"] = class_specific(task, metrics["reachable_pairs"], metrics["reachable_pairs_swap"])
+    half = len(hit) // 2
+    for name, part in (("a", slice(None, half)), ("b", slice(half, None))):
+        metrics[f"reachable_pairs_specific_{name}"] = class_specific(task, hit[part].mean().item(), hit_swapped[part].mean().item())
     metrics["reachable_pairs_unscramble"], _ = _order_parameter(task, model, sets["reachable_T1"])
     for t in range(3):
         docs = sets[f"T{t}"]

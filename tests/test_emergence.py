@@ -55,3 +55,18 @@ def test_emergence_order_sorts_and_puts_never_last():
     }
     order = emergence_order(curves, lambda s, v: threshold_crossing(s, v, 0.5))
     assert [name for name, _ in order] == ["grammar", "type", "narrow", "never"]
+
+
+def test_seed_phase_figure_recovers_each_runs_emergence_points(tmp_path):
+    from caplab.runs.report import seed_phase_figure
+
+    midpoints = {"early": [40, 50, 60], "late": [900, 1000, 1100]}
+    runs = [[{"step": int(s), "early": float(sigmoid(s, midpoints["early"][i])), "late": float(sigmoid(s, midpoints["late"][i])),
+              "flat": 0.01} for s in STEPS] for i in range(3)]
+    points = seed_phase_figure(runs, ("late", "early", "flat"), tmp_path / "phases.png")
+    for key in ("early", "late"):
+        assert points[key] == pytest.approx(midpoints[key], rel=0.05)
+    assert not np.isfinite(points["flat"]).any()  # a capability that never emerges stays nan, not dropped
+    assert (tmp_path / "phases.png").is_file()
+    assert seed_phase_figure([r[:3] for r in runs], ("early",), tmp_path / "none.png") == {}  # too few evaluations
+    assert not (tmp_path / "none.png").exists()

@@ -92,6 +92,9 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
     phases = _phase_metrics(stores[0])
     if len(stores) == 1 and phases and phase_figure(runs[0][1], phases, figures / "phases.png"):
         paths.append(figures / "phases.png")
+    same_task = len({s.config_dict().get("task", {}).get("name") for s in stores}) == 1
+    if len(stores) > 1 and same_task and phases and seed_phase_figure([r for _, r in runs], phases, figures / "phases.png"):
+        paths.append(figures / "phases.png")
 
     if any("unseen_exact" in r for _, records in runs for r in records):
         fig, ax = _axes("seen vs unseen compositions (exact match)", "exact-match accuracy")
@@ -131,6 +134,45 @@ def phase_figure(records: list[dict], metrics: tuple[str, ...], path: Path) -> l
     ax.legend(fontsize=7, loc="upper left")
     _save(fig, path)
     return order
+
+
+def seed_phases(runs: list[list[dict]], metrics: tuple[str, ...]) -> dict[str, list[float]]:
+    """Per phase metric, each run's emergence point (sigmoid midpoint; nan where it never emerges)."""
+    from caplab.analysis.emergence import sigmoid_midpoint
+
+    points: dict[str, list[float]] = {}
+    for key in metrics:
+        series = [_series(records, key) for records in runs]
+        if all(sum(step > 0 for step in x) >= 4 for x, _ in series):
+            points[key] = [sigmoid_midpoint(*xy) for xy in series]
+    return points
+
+
+def seed_phase_figure(runs: list[list[dict]], metrics: tuple[str, ...], path: Path) -> dict[str, list[float]]:
+    """Several runs (seeds) of one task: each phase curve's mean with its min-max band, the median emergence point dashed.
+
+    Returns `seed_phases` (empty, and no figure, when the runs have too few evaluations).
+    """
+    points = seed_phases(runs, metrics)
+    if not points:
+        return {}
+    medians = {k: float(np.median([p for p in v if np.isfinite(p)])) if np.isfinite(v).any() else float("inf")
+               for k, v in points.items()}
+    order = sorted(points, key=medians.get)  # never-emerging curves last
+    fig, ax = _axes(f"phases of learning, {len(runs)} runs (band: min-max; dashed: median emergence point)", "fraction")
+    for i, key in enumerate(order):
+        steps = _series(runs[0], key)[0]
+        curves = np.array([_series(records, key)[1] for records in runs if _series(records, key)[0] == steps], float)
+        emerged = int(np.isfinite(points[key]).sum())
+        label = f"{key} ({medians[key]:.0f}, {emerged}/{len(runs)} runs)" if emerged else f"{key} (never)"
+        ax.plot(steps, curves.mean(0), marker=".", color=f"C{i}", label=label)
+        ax.fill_between(steps, curves.min(0), curves.max(0), color=f"C{i}", alpha=0.2, lw=0)
+        if emerged:
+            ax.axvline(medians[key], color=f"C{i}", ls="--", lw=0.8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+    return points
 
 
 def write_report(stores: list[RunStore], out_dir: Path) -> Path:

@@ -143,7 +143,8 @@ class ConceptLanguage(Task):
     name = "concept_language"
     Config = ConceptLanguageConfig
     primary_metric = "unscramble_exact"
-    phase_metrics = ("grammaticality", "type_desc", "type_constraints", "reachable_pairs", "unscramble_exact", "conditional_satisfied")
+    phase_metrics = ("grammaticality", "type_desc", "type_constraints", "reachable_pairs_specific", "unscramble_exact",
+                     "conditional_satisfied")
 
     def __init__(self, cfg: Optional[ConceptLanguageConfig] = None) -> None:
         self.cfg = cfg = cfg or ConceptLanguageConfig()

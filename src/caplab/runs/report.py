@@ -159,7 +159,7 @@ def seed_phase_figure(runs: list[list[dict]], metrics: tuple[str, ...], path: Pa
     medians = {k: float(np.median([p for p in v if np.isfinite(p)])) if np.isfinite(v).any() else float("inf")
                for k, v in points.items()}
     order = sorted(points, key=medians.get)  # never-emerging curves last
-    fig, ax = _axes(f"phases of learning, {len(runs)} runs (band: min-max; dashed: median emergence point)", "fraction")
+    fig, ax = _axes(f"phases, {len(runs)} runs (mean, min-max band; dashed: median midpoint)", "fraction")
     for i, key in enumerate(order):
         steps = _series(runs[0], key)[0]
         curves = np.array([_series(records, key)[1] for records in runs if _series(records, key)[0] == steps], float)

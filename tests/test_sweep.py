@@ -41,23 +41,32 @@ def _sigmoid(steps, midpoint):
     return 1 / (1 + np.exp(-(x - np.log(midpoint)) / 0.3))
 
 
-def test_aggregate_recovers_a_known_power_law(tmp_path):
-    """Synthetic runs whose emergence step is 10 * x^0.5: the fitted exponent is 0.5."""
-    steps = np.unique(np.concatenate([[0], np.geomspace(1, 20_000, 60).round()]))
-    rng = np.random.default_rng(0)
-    sweep = {"recipe": "synthetic", "grid": {"task.size": [4, 16, 64, 256]}, "seeds": 3, "overrides": [],
-             "metric": "acc", "runs": []}
-    for size in sweep["grid"]["task.size"]:
+def _synthetic_sweep(tmp_path, sizes, records, **fields):
+    """A finished sweep of 3 seeds per size whose runs log `records(size)` (a list of metric records each)."""
+    sweep = {"recipe": "synthetic", "grid": {"task.size": sizes}, "seeds": 3, "overrides": [], "runs": [], **fields}
+    for size in sizes:
         for seed in range(3):
             store = RunStore.create("synthetic", tmp_path)
-            midpoint = 10 * size**0.5 * np.exp(rng.normal(0, 0.05))
-            for step, value in zip(steps, _sigmoid(steps, midpoint)):
-                store.log_metrics({"step": int(step), "tokens": int(step), "acc": float(value)})
+            for record in records(size):
+                store.log_metrics(record)
             store.set_status("completed")
             sweep["runs"].append({"setting": {"task.size": size}, "seed": seed, "run_id": store.path.name})
     path = tmp_path / "sweeps" / "synthetic"
     path.mkdir(parents=True)
     atomic_write_json(path / "sweep.json", sweep)
+    return path
+
+
+def test_aggregate_recovers_a_known_power_law(tmp_path):
+    """Synthetic runs whose emergence step is 10 * x^0.5: the fitted exponent is 0.5."""
+    steps = np.unique(np.concatenate([[0], np.geomspace(1, 20_000, 60).round()]))
+    rng = np.random.default_rng(0)
+
+    def records(size):
+        midpoint = 10 * size**0.5 * np.exp(rng.normal(0, 0.05))
+        return [{"step": int(step), "tokens": int(step), "acc": float(value)} for step, value in zip(steps, _sigmoid(steps, midpoint))]
+
+    path = _synthetic_sweep(tmp_path, [4, 16, 64, 256], records, metric="acc")
     summary = aggregate(path)
     assert summary["runs_completed"] == 12
     crossings = [s["crossing"]["value"] for s in summary["settings"]]
@@ -70,22 +79,17 @@ def test_aggregate_recovers_a_known_power_law(tmp_path):
 
 def test_a_peak_read_sweep_scores_each_run_where_its_other_half_peaks(tmp_path):
     """Synthetic runs that rise to a known peak at step 40 and fall: the peak read recovers its height and step."""
-    steps = [0, 10, 20, 30, 40, 50, 60]
-    sweep = {"recipe": "synthetic", "grid": {"task.size": [1, 2]}, "seeds": 3, "overrides": [], "metric": "acc",
-             "read": "peak", "runs": []}
     rng = np.random.default_rng(0)
-    for size in (1, 2):
-        for seed in range(3):
-            store = RunStore.create("synthetic", tmp_path)
-            for step in steps:
-                height = 0.4 * size * (1 - abs(step - 40) / 40)  # peak 0.4 * size at step 40
-                a, b = height + rng.normal(0, 0.01), height + rng.normal(0, 0.01)
-                store.log_metrics({"step": step, "tokens": step, "acc": (a + b) / 2, "acc_a": a, "acc_b": b})
-            store.set_status("completed")
-            sweep["runs"].append({"setting": {"task.size": size}, "seed": seed, "run_id": store.path.name})
-    path = tmp_path / "sweeps" / "synthetic"
-    path.mkdir(parents=True)
-    atomic_write_json(path / "sweep.json", sweep)
+
+    def records(size):
+        out = []
+        for step in (0, 10, 20, 30, 40, 50, 60):
+            height = 0.4 * size * (1 - abs(step - 40) / 40)  # peak 0.4 * size at step 40
+            a, b = height + rng.normal(0, 0.01), height + rng.normal(0, 0.01)
+            out.append({"step": step, "tokens": step, "acc": (a + b) / 2, "acc_a": a, "acc_b": b})
+        return out
+
+    path = _synthetic_sweep(tmp_path, [1, 2], records, metric="acc", read="peak")
     summary = aggregate(path)
     for setting, size in zip(summary["settings"], (1, 2)):
         peak = setting["peak"]

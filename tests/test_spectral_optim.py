@@ -99,6 +99,24 @@ def test_spectrum_summary_and_overlap_closed_forms():
     assert subspace_overlap(u[:, :1], u[:, 1:2]) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_random_energy_share_follows_the_marchenko_pastur_edge():
+    from caplab.analysis.spectral import random_energy_share
+
+    # the top singular value of an m x n Gaussian matrix is close to sqrt(m) + sqrt(n); the total energy is m n
+    for m, n in ((400, 400), (200, 800)):
+        edge = (math.sqrt(m) + math.sqrt(n)) ** 2 / (m * n)
+        assert random_energy_share(m, n, 1, trials=8) == pytest.approx(edge, rel=0.08)
+    assert random_energy_share(64, 64, 4, trials=8) < random_energy_share(64, 64, 8, trials=8)
+
+
+def test_cache_overlap_compares_a_basis_with_the_exact_right_singular_vectors():
+    from caplab.analysis.spectral import _right_basis_overlap
+
+    matrix, _, v = matrix_with_spectrum([50.0, 20.0, 1.0, 0.9, 0.8, 0.7], 12, 6, seed=1)
+    assert _right_basis_overlap(v[:, :2] * torch.tensor([3.0, -0.5]), matrix) == pytest.approx(1.0)  # any scaling
+    assert _right_basis_overlap(v[:, 2:4], matrix) == pytest.approx(0.0, abs=1e-12)
+
+
 def test_spectral_diagnostics_callback_records_every_n_steps():
     from caplab.analysis.spectral import SpectralDiagnostics
 
@@ -121,3 +139,13 @@ def test_spectral_diagnostics_from_the_config_reach_the_logged_records():
     rows = [r for r in trainer.spectral.records if r["step"] == 16]
     assert record["grad_energy_share"] == pytest.approx(sum(r["energy_share"] for r in rows) / len(rows))
     assert 0 <= record["grad_subspace_overlap"] <= 1 + 1e-9
+    assert 0 < record["grad_energy_share_random"] < 1 and "spectra_cache_overlap" not in record  # AdamW caches no basis
+
+
+def test_a_spectra_run_logs_how_well_its_cached_basis_tracks_the_spike():
+    cfg = load_config("demo", TINY + ["train.steps=8", "train.spectral_diagnostics_every=4", "train.eval_every=8",
+                                      "train.optimizer=spectra"])
+    _, _, trainer = build(cfg)
+    record = trainer.fit()
+    assert 0 <= record["spectra_cache_overlap"] <= 1 + 1e-9
+    assert all("cache_overlap" in r for r in trainer.spectral.records)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from caplab import ConfigError, RunStore, load_config, run_ensemble, run_experiment
+from caplab import ConfigError, RunStore, TrainingDiverged, load_config, run_ensemble, run_experiment
 from caplab.experiment import build
 from caplab.runs.sweep import create_sweep, run_sweep
 from caplab.train.ensemble import EnsembleGPT, EnsembleTrainer
@@ -88,3 +88,42 @@ def test_ensembles_refuse_what_they_cannot_do(tmp_path):
     with pytest.raises(ConfigError, match="--ensemble"):
         create_sweep("demo", {}, 2, TINY + ["train.ensemble=2"], root=tmp_path)
     assert not list(tmp_path.glob("demo-*"))  # nothing was created
+
+
+def test_a_member_that_diverges_drops_out_alone(tmp_path):
+    cfgs = [load_config("demo", TINY + [f"train.seed={s}"]) for s in range(3)]
+    straight = []
+    for cfg in cfgs:
+        _, _, trainer = build(cfg)
+        trainer.fit()
+        straight.append(trainer.model.state_dict())
+    members = [build(cfg)[2] for cfg in cfgs]
+    ensemble = EnsembleTrainer(members)
+    for _ in range(3):
+        ensemble.train_step()
+    with torch.no_grad():
+        ensemble.model.parameter("ln_final.weight")[1] = float("nan")  # member 1 breaks at step 3
+    records = ensemble.fit()
+    assert set(ensemble.failed) == {1} and "loss became nan at step 3" in ensemble.failed[1] and records[1] is None
+    for i in (0, 2):  # the others train on exactly as if alone
+        assert all(torch.allclose(members[i].model.state_dict()[k], straight[i][k], atol=1e-5) for k in straight[i])
+    with torch.no_grad():
+        ensemble.model.parameter("ln_final.weight")[:] = float("nan")
+    with pytest.raises(TrainingDiverged, match="every ensemble member diverged"):
+        ensemble.train_step()
+
+
+def test_a_diverged_ensemble_run_fails_alone_and_the_sweep_goes_on(tmp_path):
+    # lr 1e38 overflows within a few steps; the other setting is an ordinary one
+    grid = {"train.lr": [1e-3, 1e38]}
+    path = create_sweep("demo", grid, 2, TINY + ["train.warmup_steps=0", "train.grad_clip=0", "train.weight_decay=0"],
+                        root=tmp_path, ensemble=4)
+    summary = run_sweep(path)
+    assert summary["runs_completed"] == 2 and len(summary["failed_runs"]) == 2
+    assert {f["setting"]["train.lr"] for f in summary["failed_runs"]} == {1e38}
+    assert all("loss became" in f["error"] or "not finite" in f["error"] for f in summary["failed_runs"])
+    for failed in summary["failed_runs"]:  # the last good checkpoint is kept, and finite
+        tensors, _ = RunStore(tmp_path / failed["run_id"]).load_weights()
+        assert all(torch.isfinite(t).all() for t in tensors.values())
+    again = run_sweep(path)  # resuming keeps the failed runs as they are
+    assert again["failed_runs"] == summary["failed_runs"]

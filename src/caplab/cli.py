@@ -107,6 +107,9 @@ def _run_sweep(path: Path) -> None:
         if "peak" in s:
             pk = s["peak"]
             print(f"{'':<40} at its peak {pk['mean']:.3f} [{pk['low']:.3f}, {pk['high']:.3f}] (median step {pk['median_step']:g})")
+    for failed in summary.get("failed_runs", []):
+        label = ", ".join(f"{k}={v}" for k, v in failed["setting"].items()) or "default"
+        print(f"{label:<40} seed {failed['seed']} failed: {failed['error']}")
     if summary["scaling"]:
         sc = summary["scaling"]
         print(f"scaling: step ~ {sc['key']}^{sc['exponent']:.3f}  95% CI [{sc['low']:.3f}, {sc['high']:.3f}]")

@@ -22,4 +22,11 @@ class CorruptCheckpoint(CaplabError):
 
 
 class TrainingDiverged(CaplabError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
+    """The loss became NaN or infinite; the last good checkpoint was kept.
+
+    `runs`: the ids of the runs that diverged, when some runs of an ensemble did and the others completed.
+    """
+
+    def __init__(self, message: str, runs: tuple = ()) -> None:
+        super().__init__(message)
+        self.runs = list(runs)

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from caplab.config import ExperimentConfig, config_from_json
-from caplab.errors import CaplabError, ConfigError
+from caplab.errors import CaplabError, ConfigError, TrainingDiverged
 from caplab.models.gpt import GPT
 from caplab.runs.catalog import Catalog
 from caplab.runs.report import write_report
@@ -127,9 +127,20 @@ def train_ensemble(stores: list[RunStore]) -> list[Path]:
     catalog = Catalog(stores[0].path.parent)
     prepared = [_prepare(store, config_from_json((store.path / "config.json").read_text()), catalog, restore=False)
                 for store in stores]
+    ensemble = EnsembleTrainer([trainer for _, trainer in prepared])
     with _marking_failures(stores, catalog):
-        finals = EnsembleTrainer([trainer for _, trainer in prepared]).fit()
-    return [_finish(store, task, final, catalog) for store, (task, _), final in zip(stores, prepared, finals)]
+        finals = ensemble.fit()
+    paths = []
+    for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
+        if index in ensemble.failed:
+            store.set_status("failed", ensemble.failed[index])
+            catalog.upsert_run(store)
+        else:
+            paths.append(_finish(store, task, final, catalog))
+    if ensemble.failed:  # the others are complete; the caller learns which diverged
+        raise TrainingDiverged("; ".join(f"run {stores[i].run_id}: {message}" for i, message in sorted(ensemble.failed.items())),
+                               runs=[stores[i].run_id for i in sorted(ensemble.failed)])
+    return paths
 
 
 def ensemble_members(cfg: ExperimentConfig) -> list[ExperimentConfig]:

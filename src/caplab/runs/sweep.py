@@ -27,7 +27,7 @@ import yaml
 from caplab.analysis.emergence import bootstrap, peak_read, sigmoid_midpoint, threshold_crossing
 from caplab.analysis.censored import censored_power_law
 from caplab.config import load_config, load_recipe
-from caplab.errors import ConfigError
+from caplab.errors import ConfigError, TrainingDiverged
 from caplab.experiment import complete_reserved_run
 from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json, runs_root
 
@@ -159,13 +159,24 @@ def run_sweep(path: Path) -> dict:
                   f"{ids[0]} ... {ids[-1]}", file=sys.stderr)
             for leftover in (p for i in ids for p in runs_dir.glob(f".{i}.*")):
                 shutil.rmtree(leftover, ignore_errors=True)
-            train_ensemble([create_run(configs[i], runs_dir, run_id=sweep["runs"][i]["run_id"]) for i in group])
+            try:
+                train_ensemble([create_run(configs[i], runs_dir, run_id=sweep["runs"][i]["run_id"]) for i in group])
+            except TrainingDiverged as exc:  # a divergent setting is a result: the others completed, the sweep goes on
+                print(f"caplab sweep: diverged: {exc}", file=sys.stderr)
             continue
         for i in group:  # one at a time: single runs, and members of an ensemble that was interrupted
             entry = sweep["runs"][i]
             label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
-            complete_reserved_run(configs[i], runs_dir, entry["run_id"],
-                                  lambda how: print(f"caplab sweep: {label}: {how} {entry['run_id']}", file=sys.stderr))
+            run_dir = runs_dir / entry["run_id"]
+            if (run_dir / "run.json").is_file() and RunStore(run_dir).info()["status"] == "failed":
+                print(f"caplab sweep: {label}: kept as failed ({RunStore(run_dir).info()['error']}); "
+                      f"`caplab resume {entry['run_id']}` retries it", file=sys.stderr)
+                continue
+            try:
+                complete_reserved_run(configs[i], runs_dir, entry["run_id"],
+                                      lambda how: print(f"caplab sweep: {label}: {how} {entry['run_id']}", file=sys.stderr))
+            except TrainingDiverged as exc:
+                print(f"caplab sweep: {label}: diverged: {exc}", file=sys.stderr)
     summary = aggregate(path)
     from caplab.runs.report import write_sweep_report
 
@@ -207,6 +218,19 @@ def completed_runs(path: Path):
         store = RunStore(runs_dir / entry["run_id"])
         if store.info()["status"] == "completed":
             yield entry, store
+
+
+def failed_runs(path: Path) -> list[dict]:
+    """Planned runs of the sweep at `path` that failed (e.g. diverged): setting, seed, run id and why."""
+    sweep = read_json(Path(path) / "sweep.json")
+    runs_dir = Path(path).parent.parent
+    out = []
+    for entry in sweep["runs"]:
+        if entry["run_id"] is not None and (runs_dir / entry["run_id"] / "run.json").is_file():
+            info = RunStore(runs_dir / entry["run_id"]).info()
+            if info["status"] == "failed":
+                out.append({"setting": entry["setting"], "seed": entry["seed"], "run_id": entry["run_id"], "error": info.get("error")})
+    return out
 
 
 def curves_by_setting(path: Path) -> dict[str, dict]:
@@ -255,6 +279,7 @@ def aggregate(path: Path, level: Optional[float] = None) -> dict:
     if sweep.get("read") == "peak":
         _add_peak_reads(path, sweep["metric"], settings)
     summary = {"recipe": sweep["recipe"], "metric": sweep["metric"], "level": level, "read": sweep.get("read", "final"),
+               "failed_runs": failed_runs(path),
                "runs_planned": len(sweep["runs"]), "runs_completed": sum(s["n_seeds"] for s in settings),
                "settings": settings, "scaling": _scaling_fit(sweep, groups, level)}
     atomic_write_json(path / "summary.json", summary)

@@ -18,6 +18,12 @@ For evaluation and checkpoints the stacked weights and optimizer state are
 copied back into each member's own `Trainer`, which then evaluates, logs and
 saves exactly as a single run does; a member checkpoint is an ordinary
 checkpoint, so `caplab resume RUN` continues any member alone.
+
+A member whose loss or weights stop being finite drops out alone (its run
+fails, its last good checkpoint is kept; `failed` says why) while the others
+train on: a divergent learning rate in one member is a result, not a reason
+to lose the rest. Members are independent in every kernel, so a dropped
+member's numbers cannot reach the others; its gradients are zeroed.
 """
 
 from __future__ import annotations
@@ -128,6 +134,15 @@ class EnsembleTrainer:
             self.optimizer = torch.optim.AdamW(groups, lr=c.lr, betas=(c.beta1, c.beta2), **fused)
         if any(m.optimizer.state for m in members):  # restored members: stack their optimizer state
             self._load_optimizer_state()
+        self.failed: dict[int, str] = {}  # member index -> why it dropped out
+
+    def _alive(self) -> list[int]:
+        return [i for i in range(len(self.members)) if i not in self.failed]
+
+    def _drop(self, index: int, message: str) -> None:
+        self.failed[index] = message
+        if len(self.failed) == len(self.members):
+            raise TrainingDiverged(f"every ensemble member diverged; member 0: {self.failed[0]}")
 
     @property
     def step(self) -> int:
@@ -150,8 +165,9 @@ class EnsembleTrainer:
             self.optimizer.state[param] = state
 
     def sync_members(self, with_optimizer: bool) -> None:
-        """Copy each member's weights (and optimizer state) out of the stacked ones."""
-        for index, member in enumerate(self.members):
+        """Copy each live member's weights (and optimizer state) out of the stacked ones."""
+        for index in self._alive():
+            member = self.members[index]
             member.model.load_state_dict(self.model.member_state(index))
             if not with_optimizer:
                 continue
@@ -186,11 +202,16 @@ class EnsembleTrainer:
         losses = (per_token * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)  # (N,) each member's mean loss
         values = losses.tolist()
         for index, value in enumerate(values):
-            if value != value or value in (float("inf"), float("-inf")):
-                raise TrainingDiverged(f"loss of ensemble member {index} became {value} at step {self.step}; "
-                                       "training stopped, the last good checkpoints are kept")
+            if index not in self.failed and (value != value or value in (float("inf"), float("-inf"))):
+                self._drop(index, f"loss became {value} at step {self.step}; training stopped, the last good checkpoint is kept")
+        alive = torch.zeros(len(values), dtype=torch.bool, device=losses.device)
+        alive[self._alive()] = True
         self.optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # members are independent: each gets its own loss's gradient
+        torch.where(alive, losses, 0.0).sum().backward()  # members are independent: each gets its own loss's gradient
+        if self.failed:  # 0 x inf in a dropped member's backward is nan: its gradients are set to zero
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad[~alive] = 0
         if self.cfg.grad_clip > 0:
             self._clip_per_member(self.cfg.grad_clip)
         self.optimizer.step()
@@ -207,8 +228,8 @@ class EnsembleTrainer:
         for g in grads:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
 
-    def fit(self) -> list[dict]:
-        """Train every member to `cfg.steps`; return each member's final metrics record."""
+    def fit(self) -> list[Optional[dict]]:
+        """Train every member to `cfg.steps`; return each member's final metrics record (None: it dropped out)."""
         c = self.cfg
         evals = set(schedule(c.steps, c.eval_every, c.log_spaced))
         checkpoints = set(schedule(c.steps, c.checkpoint_every, c.log_spaced))
@@ -223,18 +244,21 @@ class EnsembleTrainer:
                 if not first_of_restored and (self.step in evals or self.step in checkpoints):
                     self.sync_members(with_optimizer=self.step in checkpoints)
                 if self.step in evals and not first_of_restored:
-                    for member, loss in zip(self.members, last):
-                        member._eval_and_log(loss, start)
+                    for index in self._alive():
+                        self.members[index]._eval_and_log(last[index], start)
                 if self.step in checkpoints and not first_of_restored:
-                    for member in self.members:
-                        member._checkpoint()
+                    for index in self._alive():
+                        try:
+                            self.members[index]._checkpoint()
+                        except TrainingDiverged as exc:  # weights no longer finite: nothing saved, the member drops out
+                            self._drop(index, str(exc))
                 if self.step >= c.steps:
                     break
                 last = self.train_step()
                 bar.update(1)
         finally:
             bar.close()
-        return [m.last_record for m in self.members]
+        return [None if i in self.failed else m.last_record for i, m in enumerate(self.members)]
 
 
 def _optimizer_order(trainer: Trainer) -> list[tuple[list[str], float]]:

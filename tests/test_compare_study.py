@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from caplab.compare_study import _first_reach, compare_curves, create_compare, load_compare, run_compare
+from caplab.analysis.emergence import loss_reach
+from caplab.compare_study import compare_curves, create_compare, load_compare, run_compare
 from caplab.errors import ConfigError
 
 TINY_MAT = ["base.train.steps=40", "base.train.eval_every=10", "base.train.checkpoint_every=40", "base.train.progress=never",
@@ -16,9 +17,11 @@ TINY_MAT = ["base.train.steps=40", "base.train.eval_every=10", "base.train.check
 def test_first_reach_interpolates_between_evaluations():
     records = [{"step": 0, "flops": 0, "eval_loss": 3.0}, {"step": 10, "flops": 100, "eval_loss": 2.0},
                {"step": 20, "flops": 200, "eval_loss": 1.0}]
-    assert _first_reach(records, "flops", 1.5) == pytest.approx(150.0)
-    assert _first_reach(records, "step", 2.0) == pytest.approx(10.0)
-    assert _first_reach(records, "flops", 0.5) is None
+    assert loss_reach(records, "flops", 1.5) == pytest.approx(150.0)
+    assert loss_reach(records, "step", 2.0) == pytest.approx(10.0)
+    assert loss_reach(records, "flops", 0.5) is None
+    assert loss_reach(records, "step", 3.5) == 0.0  # already there at the first evaluation
+    assert loss_reach([{"step": 0, "eval_loss": 1.0}, {"step": 10, "eval_loss": 0.5}], "step", 2.0) == 0.0
     summary = compare_curves({"a": records, "b": [{**r, "flops": 2 * r["flops"]} for r in records]}, "a")
     assert summary["target_eval_loss"] == 1.0
     assert summary["variants"]["b"]["flops_saving"] == pytest.approx(-1.0)  # twice the FLOPs to the same loss

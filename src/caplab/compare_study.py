@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from caplab.analysis.emergence import loss_reach
 from caplab.config import load_recipe, merge_recipe, parse_value, recipe_kind, resolve, set_key
 from caplab.errors import ConfigError
 from caplab.runs.store import RunStore, atomic_write_bytes, atomic_write_json, read_json, runs_root
@@ -106,15 +107,6 @@ def _mean_active_fraction(records: list[dict]) -> float:
     return sum(shares) / len(shares)
 
 
-def _first_reach(records: list[dict], key: str, target: float) -> Optional[float]:
-    """`key` (flops, step, elapsed_s) where eval_loss first reaches `target`, interpolated between evaluations."""
-    points = [(r[key], r["eval_loss"]) for r in records if key in r and "eval_loss" in r]
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if y1 <= target:
-            return float(x1) if y0 == y1 else float(x0 + (x1 - x0) * (y0 - target) / (y0 - y1))
-    return float(points[0][0]) if points and points[0][1] <= target else None
-
-
 def _value_at(records: list[dict], key: str, x: float) -> Optional[float]:
     """eval_loss at `key` = x, interpolated between evaluations (None outside the curve)."""
     points = [(r[key], r["eval_loss"]) for r in records if key in r and "eval_loss" in r]
@@ -127,11 +119,11 @@ def _value_at(records: list[dict], key: str, x: float) -> Optional[float]:
 def compare_curves(curves: dict[str, list[dict]], reference: str) -> dict:
     """Per variant: finals, and where each reaches the reference's final eval loss (see module docstring)."""
     target = curves[reference][-1]["eval_loss"]
-    ref_flops = _first_reach(curves[reference], "flops", target)
+    ref_flops = loss_reach(curves[reference], "flops", target)
     variants = {}
     for variant, records in curves.items():
         final = records[-1]
-        reach = {key: _first_reach(records, key, target) for key in ("flops", "step", "elapsed_s")}
+        reach = {key: loss_reach(records, key, target) for key in ("flops", "step", "elapsed_s")}
         variants[variant] = {
             "final_eval_loss": final["eval_loss"], "flops": final.get("flops"), "elapsed_s": final.get("elapsed_s"),
             "steps": final["step"], "reach_flops": reach["flops"], "reach_step": reach["step"], "reach_s": reach["elapsed_s"],

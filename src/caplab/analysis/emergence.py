@@ -17,7 +17,7 @@ seeds; `emergence_order` sorts capabilities by when they emerge.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -150,3 +150,15 @@ def peak_read(evaluations: list[dict], metric: str) -> tuple[float, float, bool]
     pick_a, pick_b = int(np.argmax(a)), int(np.argmax(b))
     steps = [evaluations[pick_a]["step"], evaluations[pick_b]["step"]]
     return float(b[pick_a] + a[pick_b]) / 2, float(np.mean(steps)), len(evaluations) - 1 in (pick_a, pick_b)
+
+
+def loss_reach(records: list[dict], key: str, target: float) -> Optional[float]:
+    """`key` (flops, step, elapsed_s, ...) where eval_loss first reaches `target`, interpolated linearly between
+    evaluations; None when it never does."""
+    points = [(r[key], r["eval_loss"]) for r in records if key in r and "eval_loss" in r]
+    if points and points[0][1] <= target:
+        return float(points[0][0])
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if y1 <= target:  # y0 > target here
+            return float(x0 + (x1 - x0) * (y0 - target) / (y0 - y1))
+    return None

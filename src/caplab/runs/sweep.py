@@ -79,7 +79,7 @@ def recipe_sweep(recipe: str) -> dict:
     section = data.get("sweep") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"recipe {recipe!r}: 'sweep' must be a mapping with grid, seeds, metric")
-    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read")
+    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read", "target_loss", "reference")
     unknown = [k for k in section if k not in valid]
     if unknown:
         raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: {', '.join(valid)}")
@@ -106,9 +106,12 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     sweep = {"recipe": recipe, "grid": grid, "seeds": seeds, "overrides": list(overrides), "metric": metric,
              "level": float(section.get("level", 0.5)), "ensemble": ensemble,
              "seed_keys": list(section.get("seed_keys", ["train.seed"])), "analysis": section.get("analysis"),
-             "read": section.get("read", "final")}
-    if sweep["analysis"] not in (None, "data_percolation"):
-        raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation")
+             "read": section.get("read", "final"), "target_loss": section.get("target_loss"),
+             "reference": section.get("reference", "adamw")}
+    if sweep["analysis"] not in (None, "data_percolation", "optimizer_tuning"):
+        raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation, optimizer_tuning")
+    if sweep["analysis"] == "optimizer_tuning" and not isinstance(sweep["target_loss"], (int, float)):
+        raise ConfigError("sweep.analysis optimizer_tuning needs a number 'sweep.target_loss' (the held-out loss to reach)")
     if sweep["read"] not in ("final", "peak"):  # when a data_percolation analysis reads each run's score
         raise ConfigError(f"bad value {sweep['read']!r} for 'sweep.read'; valid: final, peak")
     sweep["runs"] = plan(grid, seeds)
@@ -186,6 +189,11 @@ def run_sweep(path: Path) -> dict:
 
         summary["data_percolation"] = percolation_data.aggregate(path, summary["level"], read=sweep.get("read", "final"))
         data_percolation_figures(path / "figures", summary["data_percolation"])
+    if sweep.get("analysis") == "optimizer_tuning":
+        from caplab import optimizer_tuning
+
+        summary["optimizer_tuning"] = optimizer_tuning.aggregate(path, sweep["target_loss"], sweep.get("reference", "adamw"))
+        optimizer_tuning.tuning_figure(path, summary["optimizer_tuning"])
     write_sweep_report(path, summary)
     return summary
 

@@ -124,7 +124,7 @@ class SpectralOptimizer(torch.optim.Optimizer):
             rms = update.norm() / math.sqrt(update.numel())
             scale = UPDATE_RMS / (rms.item() + 1e-8)
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-group["lr"] * scale)
+        p.sub_(update * (group["lr"] * scale))  # a tensor product: a divergent lr overflows to inf, not an exception
 
     def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]
@@ -139,7 +139,7 @@ class SpectralOptimizer(torch.optim.Optimizer):
         state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
         denominator = (state["exp_avg_sq"] / (1 - beta2**t)).sqrt_().add_(group["eps"])
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1**t))
+        p.sub_(state["exp_avg"] / denominator * (group["lr"] / (1 - beta1**t)))  # (as above: no scalar overflow check)
 
 
 def make_spectral(model: nn.Module, method: str, lr: float, weight_decay: float, momentum: float,

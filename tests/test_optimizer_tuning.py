@@ -1,0 +1,80 @@
+"""Optimizer learning-rate sweeps: reach steps, best-tuned choice, stability edge and ratios, on known curves and a real sweep."""
+
+import json
+
+import pytest
+
+from caplab import ConfigError
+from caplab.optimizer_tuning import aggregate
+from caplab.runs.store import RunStore, atomic_write_json
+from caplab.runs.sweep import create_sweep, run_sweep
+from helpers import TINY
+
+
+def _synthetic(tmp_path, curves):
+    """A finished sweep: curves[(optimizer, lr)] = list over seeds of (status, [(step, eval_loss), ...])."""
+    sweep = {"recipe": "synthetic", "grid": {}, "seeds": 0, "overrides": [], "metric": "acc", "runs": []}
+    for (optimizer, lr), seeds in curves.items():
+        for seed, (status, points) in enumerate(seeds):
+            store = RunStore.create("synthetic", tmp_path, files={"config.json": {"train": {"optimizer": optimizer, "lr": lr}}})
+            for step, loss in points:
+                store.log_metrics({"step": step, "eval_loss": loss, "elapsed_s": 2.0 * step + 1.0, "eval_s": 1.0})
+            store.set_status(status, "loss became nan at step 9" if status == "failed" else None)
+            sweep["runs"].append({"setting": {"train.optimizer": optimizer, "train.lr": lr}, "seed": seed, "run_id": store.path.name})
+    path = tmp_path / "sweeps" / "synthetic"
+    path.mkdir(parents=True)
+    atomic_write_json(path / "sweep.json", sweep)
+    return path
+
+
+def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_path):
+    line = lambda slope: [(s, 4.0 - slope * s) for s in (0, 10, 20, 30)]  # noqa: E731  reaches 2.0 at step 2 / slope
+    path = _synthetic(tmp_path, {
+        ("adamw", 1e-3): [("completed", line(0.05)), ("completed", line(0.05))],   # reach 2.0 at step 40: never
+        ("adamw", 1e-2): [("completed", line(0.1)), ("completed", line(0.1))],     # step 20
+        ("adamw", 1e-1): [("completed", line(0.1)), ("failed", line(0.1)[:2])],    # one seed diverged
+        ("muon", 1e-2): [("completed", line(0.2)), ("completed", line(0.2))],      # step 10
+        ("muon", 1e-1): [("completed", [(0, 4.0), (10, 5.0), (20, 6.0), (30, 7.0)])] * 2,  # ends above its start
+    })
+    summary = aggregate(path, target_loss=2.0)
+    adamw, muon = summary["optimizers"]["adamw"], summary["optimizers"]["muon"]
+    assert adamw["settings"]["0.001"]["reach_step"] == [None, None] and not adamw["settings"]["0.001"]["all_reach"]
+    assert adamw["settings"]["0.01"]["reach_step"] == pytest.approx([20, 20])
+    assert adamw["settings"]["0.01"]["reach_train_s"] == pytest.approx([40, 40])  # elapsed 2 s/step + 1, minus 1 s evaluating
+    assert adamw["settings"]["0.1"]["diverged"] == 1 and adamw["smallest_unstable_lr"] == 0.1
+    assert adamw["best_lr"] == 0.01 and adamw["best_reach_step"] == pytest.approx(20)
+    assert muon["best_lr"] == 0.01 and muon["settings"]["0.1"]["unstable"] == 2 and muon["largest_stable_lr"] == 0.01
+    ratio = summary["ratios"]["muon"]["reach_step"]
+    assert ratio["ratio"] == pytest.approx(0.5) and ratio["interval"] == pytest.approx([0.5, 0.5])
+    assert json.loads((path / "optimizer_tuning.json").read_text())["target_loss"] == 2.0
+
+
+def test_an_optimizer_that_never_reaches_the_target_is_ranked_by_final_loss(tmp_path):
+    path = _synthetic(tmp_path, {("adamw", 1e-3): [("completed", [(0, 4.0), (10, 3.0)])] * 2,
+                                 ("adamw", 1e-2): [("completed", [(0, 4.0), (10, 2.5)])] * 2})
+    adamw = aggregate(path, target_loss=1.0)["optimizers"]["adamw"]
+    assert adamw["best_lr"] == 0.01 and not adamw["best_reaches_target"] and adamw["best_reach_step"] is None
+
+
+def test_a_real_learning_rate_sweep_records_the_divergent_rate_and_goes_on(tmp_path):
+    recipe = tmp_path / "tiny-optimizers.yaml"
+    recipe.write_text(
+        "sweep:\n  grid:\n    train.optimizer: [adamw, muon]\n    train.lr: [0.003, 1.0e+38]\n  seeds: 2\n"
+        "  analysis: optimizer_tuning\n  target_loss: 100.0\n"
+        "task: {name: compositions}\nmodel: {n_layers: 1}\n")
+    path = create_sweep(str(recipe), {}, None, TINY + ["train.warmup_steps=0", "train.grad_clip=0", "train.weight_decay=0"],
+                        root=tmp_path)
+    summary = run_sweep(path)["optimizer_tuning"]
+    for name in ("adamw", "muon"):
+        opt = summary["optimizers"][name]
+        assert opt["settings"]["1e+38"]["diverged"] == 2 and opt["smallest_unstable_lr"] == 1e38
+        assert opt["best_lr"] == 0.003 and opt["best_reach_step"] == 0  # a loss of 100 is reached before training
+    assert summary["ratios"]["muon"]["reach_step"] is None  # no ratio to a reference that needs no steps
+    assert (path / "figures" / "optimizer_tuning.png").is_file()
+
+
+def test_optimizer_tuning_needs_a_target_loss(tmp_path):
+    recipe = tmp_path / "no-target.yaml"
+    recipe.write_text("sweep:\n  grid:\n    train.lr: [0.003]\n  analysis: optimizer_tuning\ntask: {name: compositions}\n")
+    with pytest.raises(ConfigError, match="target_loss"):
+        create_sweep(str(recipe), {}, None, TINY, root=tmp_path)

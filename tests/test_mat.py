@@ -108,3 +108,51 @@ def test_resume_mid_run_is_exact():
     assert {k: v for k, v in again.items() if k not in timing} == {k: v for k, v in final.items() if k not in timing}
     for (name, a), b in zip(reference.model.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_lambdas_are_the_loss_kernels_top_eigenvalue_per_parameter():
+    from caplab.analysis.ntk import module_kernels
+
+    cfg = load_config("demo", MAT)
+    _, model, trainer = build(cfg)
+    mat, probe = trainer.mat, trainer.mat.probe
+    kernels = module_kernels(model, probe.tokens, mat.modules, output="loss", targets=probe.targets, loss_mask=probe.loss_mask)
+    expected = {m: torch.linalg.eigvalsh(k)[-1].item() / mat.sizes[m] for m, k in kernels.items()}
+    ours = mat.lambdas()
+    assert ours.keys() == expected.keys() and all(abs(ours[m] - expected[m]) <= 1e-9 * max(1.0, expected[m]) for m in ours)
+    mlp, head = "blocks.0.mlp", "blocks.0.attn.head0"
+    assert mat.sizes[mlp] > mat.sizes[head]  # the sizes the normalisation divides by differ
+    _, _, raw = build(load_config("demo", MAT + ["train.mat_lambda=raw", "train.mat_kernel=sum"]))
+    sums = module_kernels(raw.model, raw.mat.probe.tokens, raw.mat.modules, output="sum")
+    assert raw.mat.lambdas()[mlp] == torch.linalg.eigvalsh(sums[mlp])[-1].item()
+
+
+def test_the_static_controls_choose_once_and_charge_no_estimates():
+    cfg = load_config("demo", MAT + ["train.mat_rule=random_static", "train.mat_alpha=0.5"])
+    task, model, trainer = build(cfg)
+    chosen = []
+    trainer.add_callback("on_step_end", lambda t, loss: chosen.append(tuple(t.mat.active)))
+    record = trainer.fit()
+    assert len(set(chosen)) == 1 and len(chosen[0]) == round(0.5 * len(trainer.mat.modules))
+    assert record["flops"] == sum(1 for _ in range(12)) * trainer.mat.step_flops()  # no kernel estimates
+
+    frozen = ["blocks.0.mlp", "blocks.0.attn.head1"]
+    cfg = load_config("demo", MAT + ["train.mat_rule=fixed", f"train.mat_frozen=[{', '.join(frozen)}]"])
+    _, model, trainer = build(cfg)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trainer.fit()
+    after = model.state_dict()
+    assert torch.equal(after["blocks.0.mlp.fc_in.weight"], start["blocks.0.mlp.fc_in.weight"])
+    assert not torch.equal(after["blocks.0.attn.qkv.weight"], start["blocks.0.attn.qkv.weight"])  # head 0 trains
+    assert trainer.mat.active == [m for m in trainer.mat.modules if m not in frozen]
+
+
+def test_bad_frozen_modules_are_config_errors():
+    import pytest
+
+    from caplab import ConfigError
+
+    with pytest.raises(ConfigError, match="not a module"):
+        build(load_config("demo", MAT + ["train.mat_rule=fixed", "train.mat_frozen=[blocks.9.mlp]"]))
+    with pytest.raises(ConfigError, match="needs train.mat_frozen"):
+        build(load_config("demo", MAT + ["train.mat_rule=fixed"]))

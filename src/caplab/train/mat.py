@@ -4,15 +4,25 @@ Modules are the attention heads (a head owns its rows of W_Q, W_K, W_V and its
 columns of W_O) and the MLP of each block; every other parameter (embeddings,
 norms, biases of the output projection) always trains. Every `train.mat_every`
 steps, from step 0, MAT computes each module's empirical-NTK lambda_max on a
-fixed probe batch (`caplab.analysis.ntk`, sum-of-logits kernel, exact route)
-and keeps active the modules a rule selects (`train.mat_rule`, parameter
-`train.mat_alpha` = alpha):
+fixed probe batch (`caplab.analysis.ntk`, exact route) and keeps active the
+modules a rule selects (`train.mat_rule`, parameter `train.mat_alpha` = alpha).
 
-    mean       lambda_l >= alpha x mean_l lambda_l
-    quantile   lambda_l >= the alpha-quantile of the lambdas
-    temporal   the change of lambda_l has not settled: |D_l(t) - D_l(t - E)| >= alpha |D_l(E)|,
-               D_l(t) = |lambda_l(t) - lambda_l(0)| (all active until the second estimate)
-    random     a random alpha share of the modules (the control: set alpha to a MAT run's active share)
+The kernel (`train.mat_kernel`) is by default that of each probe sequence's
+loss, the quantity training moves; `sum` is the kernel of the sum of the
+logits, a direction the softmax ignores (the first version's). lambda_max is
+divided by the module's parameter count (`train.mat_lambda: per_parameter`,
+the default), so an MLP of 8x a head's parameters is not kept for its size
+alone; `raw` compares the eigenvalues as they are.
+
+    mean           lambda_l >= alpha x mean_l lambda_l
+    quantile       lambda_l >= the alpha-quantile of the lambdas
+    temporal       the change of lambda_l has not settled: |D_l(t) - D_l(t - E)| >= alpha |D_l(E)|,
+                   D_l(t) = |lambda_l(t) - lambda_l(0)| (all active until the second estimate)
+    random         a random alpha share of the modules, redrawn at every refresh
+    random_static  a random alpha share drawn once at step 0 and kept (the control matched in active
+                   share to a MAT run; no kernels are estimated or charged)
+    fixed          every module but `train.mat_frozen`, from step 0 (the control "freeze what MAT
+                   ended up freezing, from the start"; no kernels estimated or charged)
 
 The paper's exact threshold formula was not retrieved (`shared/papers/training_methods.md`
 marks the reconstruction unverified), so the rule is pluggable.
@@ -34,6 +44,7 @@ from __future__ import annotations
 import torch
 
 from caplab.analysis.ntk import module_kernels, parameter_groups
+from caplab.errors import ConfigError
 from caplab.train.flops import training_step_flops
 
 
@@ -68,7 +79,8 @@ def select_active(rule: str, alpha: float, lambdas: dict[str, float], history: l
             abs(abs(lambdas[n] - first[n]) - abs(previous[n] - first[n])) >= alpha * abs(second[n] - first[n])
             for n in names])
     else:
-        raise ValueError(f"unknown MAT rule {rule!r}; valid: mean, quantile, temporal, random")
+        raise ValueError(f"unknown MAT rule {rule!r}; valid: mean, quantile, temporal, random (random_static and fixed "
+                         "need no lambdas)")
     return [n for n, k in zip(names, keep.tolist()) if k]
 
 
@@ -80,13 +92,19 @@ class ModularAdaptiveTraining:
         model = trainer.model
         self.modules = mat_modules(model)
         generator = torch.Generator(device=trainer.device).manual_seed(self.cfg.seed + 20_000)
-        self.probe = trainer.task.held_out(self.cfg.mat_probe, generator, trainer.device).tokens  # never moves a corpus along
+        self.probe = trainer.task.held_out(self.cfg.mat_probe, generator, trainer.device)  # never moves a corpus along
         self.active = list(self.modules)
+        unknown = [m for m in self.cfg.mat_frozen or [] if m not in self.modules]
+        if unknown:
+            raise ConfigError(f"train.mat_frozen names {unknown[0]!r}, not a module; modules: {', '.join(self.modules)}")
+        if self.cfg.mat_rule == "fixed" and not self.cfg.mat_frozen:
+            raise ConfigError("train.mat_rule=fixed needs train.mat_frozen, the modules to freeze from step 0")
         self.history: list[dict[str, float]] = []  # one {module: lambda_max} per estimate
         self._saved: list = []
         self.params = dict(model.named_parameters())
-        n, seq = self.probe.shape
-        module_params = sum(self._slice_size(piece) for pieces in self.modules.values() for piece in pieces)
+        n, seq = self.probe.tokens.shape
+        self.sizes = {m: sum(self._slice_size(piece) for piece in pieces) for m, pieces in self.modules.items()}
+        module_params = sum(self.sizes.values())
         # per-sample forward + backward of the probe batch, then one n x n contraction per parameter coordinate
         self.estimate_flops = training_step_flops(model.cfg, n, seq) + 2 * n * n * module_params
         for event, fn in (("on_train_start", self._on_start), ("on_step_end", self._on_step_end),
@@ -106,17 +124,32 @@ class ModularAdaptiveTraining:
 
     def refresh(self) -> None:
         """Estimate every module's lambda_max, choose the active modules, charge the estimate's FLOPs."""
+        rule = self.cfg.mat_rule
+        if rule in ("random_static", "fixed"):  # controls: chosen once, without kernels
+            if self.history:
+                return
+            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003)
+            self.active = (select_active("random", self.cfg.mat_alpha, dict.fromkeys(self.modules, 0.0), [], generator)
+                           if rule == "random_static" else [m for m in self.modules if m not in self.cfg.mat_frozen])
+            self.history.append({})
+            self._apply_requires_grad()
+            return
+        self.history.append(self.lambdas())
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.trainer.step)
+        self.active = select_active(rule, self.cfg.mat_alpha, self.history[-1], self.history[:-1], generator)
+        self.trainer.flops_spent += self.estimate_flops
+        self._apply_requires_grad()
+
+    def lambdas(self) -> dict[str, float]:
+        """Each module's lambda_max on the probe batch (per parameter unless `mat_lambda=raw`)."""
         model = self.trainer.model
         was_training = model.training
         model.eval()
-        kernels = module_kernels(model, self.probe, self.modules)
+        kernels = module_kernels(model, self.probe.tokens, self.modules, output=self.cfg.mat_kernel,
+                                 targets=self.probe.targets, loss_mask=self.probe.loss_mask)
         model.train(was_training)
-        lambdas = {m: torch.linalg.eigvalsh(k)[-1].item() for m, k in kernels.items()}
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.trainer.step)
-        self.active = select_active(self.cfg.mat_rule, self.cfg.mat_alpha, lambdas, self.history, generator)
-        self.history.append(lambdas)
-        self.trainer.flops_spent += self.estimate_flops
-        self._apply_requires_grad()
+        scale = {m: self.sizes[m] if self.cfg.mat_lambda == "per_parameter" else 1 for m in self.modules}
+        return {m: torch.linalg.eigvalsh(k)[-1].item() / scale[m] for m, k in kernels.items()}
 
     def _apply_requires_grad(self) -> None:
         for module, pieces in self.modules.items():
@@ -173,7 +206,7 @@ class ModularAdaptiveTraining:
     def record(self) -> dict:
         """What each evaluation logs: the active share and the latest mean lambda_max."""
         out = {"mat_active_fraction": len(self.active) / len(self.modules)}
-        if self.history:
+        if self.history and self.history[-1]:
             out["mat_lambda_mean"] = sum(self.history[-1].values()) / len(self.history[-1])
         return out
 

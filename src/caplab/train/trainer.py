@@ -65,9 +65,12 @@ class TrainConfig:
     momentum: Optional[float] = None  # sgd, muon, spectra; None: 0.9 for sgd, 0.95 for muon and spectra
     spectral_rank_fraction: float = 0.015  # spectra: share of singular directions treated as the spike
     mat_every: int = 0  # modular adaptive training: re-estimate module NTKs every N steps (0: off)
-    mat_rule: Literal["mean", "quantile", "temporal", "random"] = "mean"  # which modules stay active (caplab.train.mat)
-    mat_alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random: active fraction
+    mat_rule: Literal["mean", "quantile", "temporal", "random", "random_static", "fixed"] = "mean"  # which modules stay active
+    mat_alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random(_static): active fraction
     mat_probe: int = 16  # probe batch of the kernel estimates
+    mat_kernel: Literal["loss", "sum"] = "loss"  # the NTK of each sample's loss, or of the sum of its logits
+    mat_lambda: Literal["per_parameter", "raw"] = "per_parameter"  # lambda_max per parameter of the module, or as is
+    mat_frozen: Optional[list[str]] = None  # rule fixed: the modules frozen from step 0 (e.g. those a MAT run ended up freezing)
     spectral_diagnostics_every: int = 0  # log gradient spike energy share and subspace overlap every N steps (0: off)
     ensemble: int = 1  # N > 1: train seeds seed .. seed+N-1 at once (caplab.train.ensemble), one run each
     ensemble_worlds: bool = False  # ensemble members also take worlds task.seed + i

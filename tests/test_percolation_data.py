@@ -67,6 +67,11 @@ def test_a_data_percolation_sweep_fits_thresholds_from_every_curve(tmp_path):
     assert finals == pytest.approx(sorted(e[-1]["reachable_pairs_specific"] for e in evaluations))
     steps = {e["step"] for run in evaluations for e in run}
     assert all(s in {(x + y) / 2 for x in steps for y in steps} for u in summary["units"] for s in u["peak_step"])
+    # the convergence check compares the last two evaluations, whatever the read
+    for size in summary["sizes"]:
+        units = [u for u in summary["units"] if (u["entities"], u["values"]) == (size["entities"], size["values"])]
+        change = np.abs(np.mean([np.subtract(u["score_final"], u["score_previous"]) for u in units], axis=0)).max()
+        assert size["change_since_previous_evaluation"] == pytest.approx(change)
 
 
 def test_peak_read_scores_each_half_where_the_other_peaks():

@@ -169,7 +169,7 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000, read: str = "f
                    # median step of the read, and the share of runs whose read is their last evaluation (peak maybe not reached)
                    "read_step": float(np.median([s for u in units if (u["entities"], u["values"]) == (E, K) for s in u["peak_step"]])),
                    "read_at_last_evaluation": float(np.mean([a for u in units if (u["entities"], u["values"]) == (E, K) for a in u["peak_at_end"]])),
-                   "change_since_previous_evaluation": float(np.abs(np.mean([np.subtract(u["score"], u["score_previous"]) for u in units
+                   "change_since_previous_evaluation": float(np.abs(np.mean([np.subtract(u["score_final"], u["score_previous"]) for u in units
                                                                              if (u["entities"], u["values"]) == (E, K)], axis=0)).max())}
                   for (E, K, density), g in zip(sizes, graph)],
         "units": units, "graph": graph,

@@ -42,13 +42,19 @@ def test_an_ensemble_of_three_matches_three_separate_runs(tmp_path):
         assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)
 
 
-def test_a_member_checkpoint_resumes_alone_and_the_ensemble_resumes_together():
-    cfgs = [load_config("demo", TINY + [f"train.seed={s}"]) for s in range(2)]
+def _trained_alone(seeds):
+    """The configs of `seeds` and each one's final weights trained as an ordinary run."""
+    cfgs = [load_config("demo", TINY + [f"train.seed={s}"]) for s in seeds]
     straight = []
     for cfg in cfgs:
         _, _, trainer = build(cfg)
         trainer.fit()
         straight.append(trainer.model.state_dict())
+    return cfgs, straight
+
+
+def test_a_member_checkpoint_resumes_alone_and_the_ensemble_resumes_together():
+    cfgs, straight = _trained_alone(range(2))
     members = [build(cfg)[2] for cfg in cfgs]
     ensemble = EnsembleTrainer(members)
     for _ in range(10):
@@ -91,12 +97,7 @@ def test_ensembles_refuse_what_they_cannot_do(tmp_path):
 
 
 def test_a_member_that_diverges_drops_out_alone(tmp_path):
-    cfgs = [load_config("demo", TINY + [f"train.seed={s}"]) for s in range(3)]
-    straight = []
-    for cfg in cfgs:
-        _, _, trainer = build(cfg)
-        trainer.fit()
-        straight.append(trainer.model.state_dict())
+    cfgs, straight = _trained_alone(range(3))
     members = [build(cfg)[2] for cfg in cfgs]
     ensemble = EnsembleTrainer(members)
     for _ in range(3):

@@ -31,26 +31,20 @@ from typing import Optional
 import numpy as np
 
 from caplab.analysis.emergence import loss_reach
-from caplab.runs.store import RunStore, atomic_write_json, read_json
+from caplab.runs.store import atomic_write_json
 
 
 def _records(path: Path) -> list[dict]:
     """Every run of the sweep that completed or failed: optimizer, lr, seed, status and its evaluations."""
-    sweep = read_json(Path(path) / "sweep.json")
-    runs_dir = Path(path).parent.parent
+    from caplab.runs.sweep import sweep_runs
+
     out = []
-    for entry in sweep["runs"]:
-        if entry["run_id"] is None or not (runs_dir / entry["run_id"] / "run.json").is_file():
-            continue
-        store = RunStore(runs_dir / entry["run_id"])
-        status = store.info()["status"]
-        if status not in ("completed", "failed"):
-            continue
+    for entry, store in sweep_runs(path, ("completed", "failed")):
         train = store.config_dict()["train"]
         evaluations = [{**r, "train_s": r["elapsed_s"] - r.get("eval_s", 0.0)} for r in store.metrics()
                        if "eval_loss" in r and "elapsed_s" in r]
         out.append({"optimizer": train["optimizer"], "lr": float(train["lr"]), "seed": entry["seed"], "run_id": entry["run_id"],
-                    "diverged": status == "failed", "evaluations": evaluations})
+                    "diverged": store.info()["status"] == "failed", "evaluations": evaluations})
     return out
 
 

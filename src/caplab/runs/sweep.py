@@ -216,29 +216,27 @@ def _setting_key(setting: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting.items()) or "default"
 
 
-def completed_runs(path: Path):
-    """(planned entry, RunStore) of every run of the sweep at `path` that has completed, in plan order."""
+def sweep_runs(path: Path, statuses: tuple[str, ...] = ("completed",)):
+    """(planned entry, RunStore) of every run of the sweep at `path` whose status is one of `statuses`, in plan order."""
     sweep = read_json(Path(path) / "sweep.json")
     runs_dir = Path(path).parent.parent
     for entry in sweep["runs"]:
-        if entry["run_id"] is None:
+        if entry["run_id"] is None or not (runs_dir / entry["run_id"] / "run.json").is_file():
             continue
         store = RunStore(runs_dir / entry["run_id"])
-        if store.info()["status"] == "completed":
+        if store.info()["status"] in statuses:
             yield entry, store
+
+
+def completed_runs(path: Path):
+    """(planned entry, RunStore) of every run of the sweep at `path` that has completed, in plan order."""
+    return sweep_runs(path, ("completed",))
 
 
 def failed_runs(path: Path) -> list[dict]:
     """Planned runs of the sweep at `path` that failed (e.g. diverged): setting, seed, run id and why."""
-    sweep = read_json(Path(path) / "sweep.json")
-    runs_dir = Path(path).parent.parent
-    out = []
-    for entry in sweep["runs"]:
-        if entry["run_id"] is not None and (runs_dir / entry["run_id"] / "run.json").is_file():
-            info = RunStore(runs_dir / entry["run_id"]).info()
-            if info["status"] == "failed":
-                out.append({"setting": entry["setting"], "seed": entry["seed"], "run_id": entry["run_id"], "error": info.get("error")})
-    return out
+    return [{"setting": entry["setting"], "seed": entry["seed"], "run_id": entry["run_id"], "error": store.info().get("error")}
+            for entry, store in sweep_runs(path, ("failed",))]
 
 
 def curves_by_setting(path: Path) -> dict[str, dict]:

@@ -8,8 +8,8 @@ D pairs per class (`task.pairs_scale` = D / sqrt(|E_c| |K_c|)), and its
 class-specific order parameter (`reachable_pairs_specific`: unseen pairs
 ranked high for their own subject and not for a subject of another class) is
 read against D, either at the last evaluation (`read="final"`) or at the
-run's peak (`read="peak"`). Class knowledge rises and then falls as the shown
-pairs are memorised, so the peak is the run's best generalisation; to read it
+run's peak (`read="peak"`). Class knowledge rises and then falls with further
+training, so the peak is the run's best generalisation; to read it
 without the upward bias of a maximum over noisy evaluations, the prompts are
 split in two halves: the evaluation where half a peaks is scored on half b and
 vice versa (cross-fitting), and the two are averaged. Per (world size, world, seed) the curve over D gives D*, the
@@ -37,6 +37,7 @@ import numpy as np
 from caplab.analysis.censored import censored_power_law, first_reach
 from caplab.analysis.emergence import peak_read
 from caplab.analysis.percolation import component_labels
+from caplab.errors import ConfigError
 from caplab.runs.store import atomic_write_json
 from caplab.tasks import concept_world as W
 
@@ -77,7 +78,7 @@ def _runs(path: Path, read: str) -> list[dict]:
         final, previous = evaluations[-1], evaluations[-2] if len(evaluations) > 1 else {}
         if read == "peak":
             if f"{SCORE}_a" not in final:
-                raise ValueError(f"run {entry['run_id']} logs no {SCORE}_a/_b (split-half scores): it cannot be read at its peak")
+                raise ConfigError(f"run {entry['run_id']} logs no {SCORE}_a/_b (split-half scores): it cannot be read at its peak")
             score, peak_step, at_end = peak_read(evaluations, SCORE)
         else:
             score, peak_step, at_end = final[SCORE], float(final["step"]), True
@@ -119,7 +120,7 @@ def aggregate(path: Path, level: float = 0.5, n_boot: int = 1000, read: str = "f
     A peak read also carries the final read's fit (`final_read`), so the two can be compared on the same runs.
     """
     if read not in READS:
-        raise ValueError(f"bad read {read!r}; valid: {', '.join(READS)}")
+        raise ConfigError(f"bad read {read!r}; valid: {', '.join(READS)}")
     path = Path(path)
     runs = _runs(path, read)
     curves = defaultdict(list)

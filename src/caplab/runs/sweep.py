@@ -112,7 +112,7 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
         raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation, optimizer_tuning")
     if sweep["analysis"] == "optimizer_tuning" and not isinstance(sweep["target_loss"], (int, float)):
         raise ConfigError("sweep.analysis optimizer_tuning needs a number 'sweep.target_loss' (the held-out loss to reach)")
-    if sweep["read"] not in ("final", "peak"):  # when a data_percolation analysis reads each run's score
+    if sweep["read"] not in ("final", "peak"):  # how each run's metric is read (peak: needs its _a/_b halves)
         raise ConfigError(f"bad value {sweep['read']!r} for 'sweep.read'; valid: final, peak")
     sweep["runs"] = plan(grid, seeds)
     configs = [load_config(recipe, _entry_overrides(sweep, e)) for e in sweep["runs"]]  # fail early, exit 2
@@ -171,8 +171,9 @@ def run_sweep(path: Path) -> dict:
             entry = sweep["runs"][i]
             label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
             run_dir = runs_dir / entry["run_id"]
-            if (run_dir / "run.json").is_file() and RunStore(run_dir).info()["status"] == "failed":
-                print(f"caplab sweep: {label}: kept as failed ({RunStore(run_dir).info()['error']}); "
+            info = RunStore(run_dir).info() if (run_dir / "run.json").is_file() else {}
+            if info.get("status") == "failed":
+                print(f"caplab sweep: {label}: kept as failed ({info['error']}); "
                       f"`caplab resume {entry['run_id']}` retries it", file=sys.stderr)
                 continue
             try:

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from caplab import ConfigError
+from caplab.cli import _print_tuning
 from caplab.optimizer_tuning import aggregate
 from caplab.runs.store import RunStore, atomic_write_json
 from caplab.runs.sweep import create_sweep, run_sweep
@@ -17,8 +18,8 @@ def _synthetic(tmp_path, curves):
     for (optimizer, lr), seeds in curves.items():
         for seed, (status, points) in enumerate(seeds):
             store = RunStore.create("synthetic", tmp_path, files={"config.json": {"train": {"optimizer": optimizer, "lr": lr}}})
-            for step, loss in points:
-                store.log_metrics({"step": step, "eval_loss": loss, "elapsed_s": 2.0 * step + 1.0, "eval_s": 1.0})
+            for step, loss, *extra in points:  # extra: a dict of more logged values
+                store.log_metrics({"step": step, "eval_loss": loss, "elapsed_s": 2.0 * step + 1.0, "eval_s": 1.0, **(extra or [{}])[0]})
             store.set_status(status, "loss became nan at step 9" if status == "failed" else None)
             sweep["runs"].append({"setting": {"train.optimizer": optimizer, "train.lr": lr}, "seed": seed, "run_id": store.path.name})
     path = tmp_path / "sweeps" / "synthetic"
@@ -27,7 +28,7 @@ def _synthetic(tmp_path, curves):
     return path
 
 
-def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_path):
+def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_path, capsys):
     line = lambda slope: [(s, 4.0 - slope * s) for s in (0, 10, 20, 30)]  # noqa: E731  reaches 2.0 at step 2 / slope
     path = _synthetic(tmp_path, {
         ("adamw", 1e-3): [("completed", line(0.05)), ("completed", line(0.05))],   # reach 2.0 at step 40: never
@@ -47,6 +48,10 @@ def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_pa
     ratio = summary["ratios"]["muon"]["reach_step"]
     assert ratio["ratio"] == pytest.approx(0.5) and ratio["interval"] == pytest.approx([0.5, 0.5])
     assert json.loads((path / "optimizer_tuning.json").read_text())["target_loss"] == 2.0
+    _print_tuning(summary)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("adamw") and "best lr 0.01" in lines[1] and "step 20 [20, 20]" in lines[1]
+    assert "unstable from lr 0.1" in lines[1] and "reach_step x0.50 [0.50, 0.50]" in lines[3]
 
 
 def test_an_optimizer_that_never_reaches_the_target_is_ranked_by_final_loss(tmp_path):
@@ -54,6 +59,19 @@ def test_an_optimizer_that_never_reaches_the_target_is_ranked_by_final_loss(tmp_
                                  ("adamw", 1e-2): [("completed", [(0, 4.0), (10, 2.5)])] * 2})
     adamw = aggregate(path, target_loss=1.0)["optimizers"]["adamw"]
     assert adamw["best_lr"] == 0.01 and not adamw["best_reaches_target"] and adamw["best_reach_step"] is None
+
+
+def test_spectral_diagnostics_are_averaged_per_seed_over_steps_after_the_first(tmp_path):
+    logged = lambda share, overlaps: [(0, 4.0, {"grad_energy_share": 9.0, "spectra_cache_overlap": 0.0})] + [  # noqa: E731
+        (10 * (i + 1), 3.0, {"grad_energy_share": share, "grad_energy_share_random": 0.1, "spectra_cache_overlap": o})
+        for i, o in enumerate(overlaps)]
+    path = _synthetic(tmp_path, {("spectra", 1e-2): [("completed", logged(0.5, [1.0, 0.8])), ("completed", logged(0.7, [0.6, 0.6])),
+                                                      ("failed", logged(0.0, [0.0]))]})
+    spectral = aggregate(path, target_loss=1.0)["optimizers"]["spectra"]["settings"]["0.01"]["spectral"]
+    assert spectral["grad_energy_share"] == pytest.approx(0.6)  # step 0 and the diverged seed left out
+    assert spectral["grad_energy_share_random"] == pytest.approx(0.1)
+    assert spectral["spectra_cache_overlap"] == pytest.approx(0.75) and spectral["spectra_cache_overlap_min"] == pytest.approx(0.6)
+    assert "grad_subspace_overlap" not in spectral
 
 
 def test_a_real_learning_rate_sweep_records_the_divergent_rate_and_goes_on(tmp_path):

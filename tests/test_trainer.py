@@ -44,6 +44,22 @@ def test_training_lowers_loss_and_is_deterministic():
     assert first["eval_loss"] < fresh.evaluate()["eval_loss"] - 0.3
 
 
+def test_training_stops_at_a_held_out_loss_target_or_a_flop_cap():
+    cfg = load_config("demo", TINY)
+    _, _, trainer = build(cfg)
+    evaluations = []
+    trainer.add_callback("on_eval", lambda t, record: evaluations.append(record))
+    trainer.fit()
+    target = evaluations[-2]["eval_loss"]  # reached first at the evaluation before the last (training lowers the loss)
+    assert all(r["eval_loss"] > target for r in evaluations[1:-2])
+    _, _, stopping = build(load_config("demo", TINY + [f"train.stop_loss={target!r}"]))
+    last = stopping.fit()
+    assert stopping.step == evaluations[-2]["step"] < cfg.train.steps and last["eval_loss"] == target
+    _, _, capped = build(load_config("demo", TINY + [f"train.max_flops={2.5 * trainer.flops_per_step}"]))
+    last = capped.fit()
+    assert capped.step == 3 and last["step"] == 3 and last["flops"] == 3 * capped.flops_per_step  # evaluated where it stopped
+
+
 def test_callbacks_fire_by_name():
     cfg = load_config("demo", TINY + ["train.steps=5"])
     _, _, trainer = build(cfg)

@@ -101,7 +101,9 @@ def _run_sweep(path: Path) -> None:
     summary = run_sweep(path)
     from caplab.runs.report import format_interval
 
-    for s in summary["settings"]:
+    if "optimizer_tuning" in summary:
+        _print_tuning(summary["optimizer_tuning"])
+    for s in ([] if "optimizer_tuning" in summary else summary["settings"]):
         print(f"{s['label']:<40} final {summary['metric']} {s['final_mean']:.3f} +- {s['final_std']:.3f}   "
               f"reaches {summary['level']} at step {format_interval(s['crossing'])}")
         if "peak" in s:
@@ -114,6 +116,23 @@ def _run_sweep(path: Path) -> None:
         sc = summary["scaling"]
         print(f"scaling: step ~ {sc['key']}^{sc['exponent']:.3f}  95% CI [{sc['low']:.3f}, {sc['high']:.3f}]")
     print(path)
+
+
+def _print_tuning(tuning: dict) -> None:
+    """One line per optimizer: best-tuned rate, steps and seconds to the target, the stability edge, the ratios."""
+    print(f"held-out loss target {tuning['target_loss']:g}; reference {tuning['reference']}")
+    for name, opt in tuning["optimizers"].items():
+        edge = f"unstable from lr {opt['smallest_unstable_lr']:g}" if opt["smallest_unstable_lr"] else "stable across the grid"
+        if opt["best_reaches_target"]:
+            lo, hi = opt["best_reach_step_interval"]
+            reach = f"reaches it at step {opt['best_reach_step']:.0f} [{lo:.0f}, {hi:.0f}], {opt['best_reach_train_s']:.1f} s"
+        else:
+            reach = f"never reaches it (best final loss {opt['best_final_eval_loss']:.3f})"
+        best = f"{opt['best_lr']:g}" if opt["best_lr"] is not None else "none"
+        print(f"{name:<10} best lr {best:<7} {reach}; {edge}")
+    for name, row in tuning["ratios"].items():
+        parts = [f"{key} x{r['ratio']:.2f} [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]" for key, r in row.items() if r]
+        print(f"{name:<10} over {tuning['reference']}: " + ", ".join(parts))
 
 
 def _run_study(path: Path) -> None:
@@ -138,12 +157,17 @@ def _run_compare(path: Path) -> None:
 
     print(f"caplab compare: {path}", file=sys.stderr)
     s = run_compare(path)
-    print(f"target: final held-out loss of {s['reference']} = {s['target_eval_loss']:.4f}")
+    what = "target" if s["target_from"] == "recipe" else f"target: final held-out loss of {s['reference']} ="
+    print(f"{what} {s['target_eval_loss']:.4f}; means over {s['seeds']} seed(s)")
     for name, v in s["variants"].items():
-        reach = "never" if v["reach_flops"] is None else f"{v['reach_flops']:.3g} FLOPs (step {v['reach_step']:.0f})"
+        if v["reach_flops"] is None:
+            reach = f"reached by {v['reached']}/{s['seeds']} seeds (>= {v['reach_flops_at_least']:.3g} FLOPs)"
+        else:
+            reach = f"reached at {v['reach_flops']:.3g} FLOPs (step {v['reach_step']:.0f})"
         saving = "" if v["flops_saving"] is None else f", saving {v['flops_saving']:+.1%}"
-        print(f"{name:<10} final loss {v['final_eval_loss']:.4f}  {v['flops']:.3g} FLOPs  {v['elapsed_s']:.0f} s  "
-              f"target reached at {reach}{saving}")
+        if v["flops_saving_interval"]:
+            saving += f" [{v['flops_saving_interval'][0]:+.1%}, {v['flops_saving_interval'][1]:+.1%}]"
+        print(f"{name:<14} final loss {v['final_eval_loss']:.4f}  {v['flops']:.3g} FLOPs  {v['elapsed_s']:.0f} s  {reach}{saving}")
     print(path)
 
 

@@ -1,17 +1,31 @@
-"""`kind: compare` recipes: variants of one training recipe, compared on loss against compute.
+"""`kind: compare` recipes: variants of one training recipe, compared on loss against compute, over seeds.
 
-    base:       a training recipe (task, model, train)
-    variants:   name -> changes merged over base; `match_active_fraction: OTHER` sets
-                train.mat_alpha to OTHER's mean MAT active share (the random control of MAT)
-    reference:  the variant whose final eval loss is the target
+    base:         a training recipe (task, model, train)
+    variants:     name -> changes merged over base, plus two ways to match a control to an earlier
+                  variant's run of the same seed:
+                    match_active_fraction: OTHER  train.mat_alpha = OTHER's mean MAT active share
+                                                  (the random controls of MAT)
+                    match_frozen: OTHER           train.mat_frozen = the modules OTHER's MAT had frozen
+                                                  when it ended (with mat_rule: fixed, "freeze them from step 0")
+    reference:    the variant savings are measured against
+    seeds:        N (default 1): each variant runs once per seed s = 0..N-1, with every `seed_keys`
+                  entry (default [train.seed]) set to s; variants of one seed share init and data
+    target_loss:  the held-out loss to reach; every run stops there (train.stop_loss), with the base's
+                  step budget or train.max_flops as its cap. Without it, the target is the reference's
+                  final held-out loss (mean over seeds) and runs train to their budget.
 
-Each variant is a catalogued run (ids reserved in `study.json` first, so
-`caplab resume <id>` continues an interrupted comparison). The summary gives,
-per variant: final eval loss, total training FLOPs (`caplab.train.flops`,
-MAT's kernel estimates included), wall time, the FLOPs, steps and seconds
-at which its eval loss first reaches the reference's final eval loss
-(linear interpolation between evaluations), with the saving against the
-reference, and the reference's loss after the same number of FLOPs. Figures: eval loss against FLOPs, steps and seconds.
+Each run is catalogued (ids reserved in `study.json` first, so `caplab resume <id>`
+continues an interrupted comparison). The summary gives, per variant, seed means
+of: the final held-out loss, training FLOPs (`caplab.train.flops`, MAT's kernel
+estimates included), wall time, and the FLOPs, steps and seconds at which the
+held-out loss first reaches the target (interpolated between evaluations). A seed
+that never reaches it is censored: the variant's reach is then None, `reached`
+counts the seeds that did and `reach_flops_at_least` is the mean of reach or, for
+the censored, the FLOPs spent. The FLOP saving against the reference,
+1 - mean reach / mean reference reach, has a 95% bootstrap interval over seeds
+resampled in pairs (a seed's variant with the same seed's reference). Also: the
+reference's loss after as many FLOPs as the variant spent (iso-compute). Figures:
+held-out loss against FLOPs, steps and seconds, one line per seed.
 
     <runs root>/studies/<id>/  study.json, summary.json, figures/, report.html
 """
@@ -25,6 +39,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from caplab.analysis.emergence import loss_reach
 from caplab.config import load_recipe, merge_recipe, parse_value, recipe_kind, resolve, set_key
 from caplab.errors import ConfigError
@@ -36,11 +52,18 @@ def load_compare(recipe: str, overrides: list[str] = ()) -> tuple[str, dict]:
     name, data = load_recipe(recipe)
     if recipe_kind(data) != "compare":
         raise ConfigError(f"recipe {recipe!r} is not a comparison")
-    unknown = [k for k in data if k not in ("kind", "description", "base", "variants", "reference")]
+    valid = ("kind", "description", "base", "variants", "reference", "seeds", "seed_keys", "target_loss")
+    unknown = [k for k in data if k not in valid]
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, base, variants, reference")
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid: {', '.join(valid)}")
     spec = {"description": str(data.get("description", "")).strip(), "base": copy.deepcopy(data.get("base") or {}),
-            "variants": copy.deepcopy(data.get("variants") or {}), "reference": data.get("reference")}
+            "variants": copy.deepcopy(data.get("variants") or {}), "reference": data.get("reference"),
+            "seeds": data.get("seeds", 1), "seed_keys": list(data.get("seed_keys", ["train.seed"])),
+            "target_loss": data.get("target_loss")}
+    if not isinstance(spec["seeds"], int) or spec["seeds"] < 1:
+        raise ConfigError(f"bad value {spec['seeds']!r} for 'seeds'; expected a whole number, at least 1")
+    if spec["target_loss"] is not None and not isinstance(spec["target_loss"], (int, float)):
+        raise ConfigError(f"bad value {spec['target_loss']!r} for 'target_loss'; expected a number")
     for item in overrides:
         key, sep, raw = item.partition("=")
         head, _, rest = key.partition(".")
@@ -49,31 +72,56 @@ def load_compare(recipe: str, overrides: list[str] = ()) -> tuple[str, dict]:
         spec[head] = set_key(spec[head], rest, parse_value(raw))
     if not spec["variants"] or spec["reference"] not in spec["variants"]:
         raise ConfigError(f"recipe {recipe!r} needs variants and a reference naming one of them")
+    order = list(spec["variants"])
     for variant, changes in spec["variants"].items():
-        other = (changes or {}).get("match_active_fraction")
-        if other is not None and (other not in spec["variants"] or list(spec["variants"]).index(other) > list(spec["variants"]).index(variant)):
-            raise ConfigError(f"variants.{variant}.match_active_fraction must name an earlier variant")
+        for key in MATCHES:
+            other = (changes or {}).get(key)
+            if other is not None and (other not in spec["variants"] or order.index(other) > order.index(variant)):
+                raise ConfigError(f"variants.{variant}.{key} must name an earlier variant")
     return name, spec
 
 
-def _variant_recipe(name: str, spec: dict, variant: str, matched: Optional[float] = None) -> dict:
-    changes = {k: v for k, v in (spec["variants"][variant] or {}).items() if k != "match_active_fraction"}
+MATCHES = ("match_active_fraction", "match_frozen")
+
+
+def _variant_recipe(name: str, spec: dict, variant: str, seed: int, matched: Optional[dict] = None) -> dict:
+    """The training recipe of one variant and seed; `matched` holds the train keys a match set (see module docstring)."""
+    changes = {k: v for k, v in (spec["variants"][variant] or {}).items() if k not in MATCHES}
     recipe = merge_recipe(spec["base"], changes)
-    if matched is not None:
-        recipe = set_key(recipe, "train.mat_alpha", matched)
+    for key, value in (matched or {}).items():
+        recipe = set_key(recipe, f"train.{key}", value)
+    for key in spec.get("seed_keys", ["train.seed"]):
+        recipe = set_key(recipe, key, seed)
+    if spec.get("target_loss") is not None:
+        recipe = set_key(recipe, "train.stop_loss", float(spec["target_loss"]))
     return {**recipe, "recipe": f"{name}.{variant}", "description": f"variant {variant} of the comparison {name}"}
 
 
 def create_compare(recipe: str, overrides: list[str] = (), root: Optional[Path] = None) -> Path:
     name, spec = load_compare(recipe, overrides)
     for variant in spec["variants"]:  # every variant's config is valid before anything runs
-        resolve(f"{name}.{variant}", _variant_recipe(name, spec, variant, 0.5))
+        resolve(f"{name}.{variant}", _variant_recipe(name, spec, variant, 0, {"mat_alpha": 0.5, "mat_frozen": []}))
     root = Path(root) if root is not None else runs_root()
     path = root / "studies" / RunStore.new_run_id(name)
     path.mkdir(parents=True)
     atomic_write_json(path / "study.json", {"recipe": name, "kind": "compare", **spec,
-                                            "runs": {v: None for v in spec["variants"]}})
+                                            "runs": {v: [None] * spec["seeds"] for v in spec["variants"]}})
     return path
+
+
+def _study_runs(study: dict) -> dict[str, list]:
+    """variant -> run id per seed (a comparison written before seeds existed lists one id per variant)."""
+    return {v: ids if isinstance(ids, list) else [ids] for v, ids in study["runs"].items()}
+
+
+def _matched(study: dict, variant: str, runs_dir: Path, run_ids: dict[str, list], seed: int) -> dict:
+    """The train keys the variant's matches take from earlier variants' runs of this seed."""
+    changes, out = study["variants"][variant] or {}, {}
+    if changes.get("match_active_fraction"):
+        out["mat_alpha"] = _mean_active_fraction(RunStore(runs_dir / run_ids[changes["match_active_fraction"]][seed]).metrics())
+    if changes.get("match_frozen"):
+        out["mat_frozen"] = _frozen_at_end(RunStore(runs_dir / run_ids[changes["match_frozen"]][seed]))
+    return out
 
 
 def run_compare(path: Path) -> dict:
@@ -81,20 +129,25 @@ def run_compare(path: Path) -> dict:
 
     path = Path(path)
     study = read_json(path / "study.json")
+    study["runs"] = run_ids = _study_runs(study)
     runs_dir = path.parent.parent
-    for i, variant in enumerate(study["variants"]):
-        other = (study["variants"][variant] or {}).get("match_active_fraction")
-        matched = _mean_active_fraction(RunStore(runs_dir / study["runs"][other]).metrics()) if other else None
-        cfg = resolve(f"{study['recipe']}.{variant}", _variant_recipe(study["recipe"], study, variant, matched))
-        if study["runs"][variant] is None:
-            study["runs"][variant] = RunStore.new_run_id(cfg.recipe)
-            atomic_write_json(path / "study.json", study)
-        label = f"[{i + 1}/{len(study['variants'])}] {variant}"
-        complete_reserved_run(cfg, runs_dir, study["runs"][variant],
-                              lambda how: print(f"caplab compare: {label}: {how} {study['runs'][variant]}", file=sys.stderr))
-    curves = {v: RunStore(runs_dir / run_id).metrics() for v, run_id in study["runs"].items()}
-    summary = compare_curves(curves, study["reference"])
-    summary.update({"recipe": study["recipe"], "runs": study["runs"]})
+    seeds = len(next(iter(run_ids.values())))
+    for seed in range(seeds):  # seed by seed, so a control's match exists before the control runs
+        for i, variant in enumerate(study["variants"]):
+            matched = _matched(study, variant, runs_dir, run_ids, seed)
+            cfg = resolve(f"{study['recipe']}.{variant}", _variant_recipe(study["recipe"], study, variant, seed, matched))
+            if run_ids[variant][seed] is None:
+                run_ids[variant][seed] = RunStore.new_run_id(cfg.recipe)
+                atomic_write_json(path / "study.json", study)
+            label = f"[{i + 1}/{len(study['variants'])}] {variant}" + (f" seed {seed}" if seeds > 1 else "")
+            run_id = run_ids[variant][seed]
+            complete_reserved_run(cfg, runs_dir, run_id, lambda how: print(f"caplab compare: {label}: {how} {run_id}", file=sys.stderr))
+    curves = {v: [RunStore(runs_dir / r).metrics() for r in ids] for v, ids in run_ids.items()}
+    summary = compare_curves(curves, study["reference"], study.get("target_loss"))
+    summary.update({"recipe": study["recipe"], "runs": run_ids})
+    mat_variants = [v for v, seeds in curves.items() if any("mat_active_fraction" in r for r in seeds[0])]
+    if mat_variants:  # which modules each MAT run (or control) had frozen when it stopped
+        summary["frozen_at_end"] = {v: [_frozen_at_end(RunStore(runs_dir / r)) for r in run_ids[v]] for v in mat_variants}
     atomic_write_json(path / "summary.json", summary)
     write_compare_report(path, summary, curves)
     return summary
@@ -107,6 +160,19 @@ def _mean_active_fraction(records: list[dict]) -> float:
     return sum(shares) / len(shares)
 
 
+def _frozen_at_end(store: RunStore) -> list[str]:
+    """The modules a MAT run had inactive at its last checkpoint."""
+    from caplab.config import config_from_json
+    from caplab.models.gpt import GPT
+    from caplab.train.mat import mat_modules
+
+    _, _, meta = store.load_training_state()
+    if "mat" not in meta:
+        raise ConfigError(f"match_frozen names a variant that did not run MAT (run {store.run_id} has no MAT state)")
+    modules = mat_modules(GPT(config_from_json((store.path / "config.json").read_text()).model))
+    return [m for m in modules if m not in meta["mat"]["active"]]
+
+
 def _value_at(records: list[dict], key: str, x: float) -> Optional[float]:
     """eval_loss at `key` = x, interpolated between evaluations (None outside the curve)."""
     points = [(r[key], r["eval_loss"]) for r in records if key in r and "eval_loss" in r]
@@ -116,28 +182,55 @@ def _value_at(records: list[dict], key: str, x: float) -> Optional[float]:
     return None
 
 
-def compare_curves(curves: dict[str, list[dict]], reference: str) -> dict:
-    """Per variant: finals, and where each reaches the reference's final eval loss (see module docstring)."""
-    target = curves[reference][-1]["eval_loss"]
-    ref_flops = loss_reach(curves[reference], "flops", target)
+def _mean(values: list) -> Optional[float]:
+    """Mean over seeds, or None if any seed has no value (censored)."""
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
+def _saving_interval(ours: list, theirs: list, rng, n_boot: int = 2000) -> Optional[list]:
+    """95% bootstrap interval of 1 - mean(ours) / mean(theirs), seeds resampled in pairs."""
+    ours, theirs = np.asarray(ours, float), np.asarray(theirs, float)
+    if len(ours) < 2 or len(ours) != len(theirs):
+        return None
+    picks = rng.integers(len(ours), size=(n_boot, len(ours)))
+    savings = 1 - ours[picks].mean(1) / theirs[picks].mean(1)
+    return [float(np.percentile(savings, 2.5)), float(np.percentile(savings, 97.5))]
+
+
+def compare_curves(curves: dict[str, list[list[dict]]], reference: str, target_loss: Optional[float] = None) -> dict:
+    """Per variant (curves: one list of evaluation records per seed), seed means of finals and of where each
+    seed reaches the target, with the paired-seed FLOP saving against the reference (see module docstring)."""
+    rng = np.random.default_rng(0)
+    target = float(target_loss) if target_loss is not None else float(np.mean([c[-1]["eval_loss"] for c in curves[reference]]))
+    reach = {v: {key: [loss_reach(c, key, target) for c in seeds] for key in ("flops", "step", "elapsed_s")}
+             for v, seeds in curves.items()}
+    ref_flops = reach[reference]["flops"]
     variants = {}
-    for variant, records in curves.items():
-        final = records[-1]
-        reach = {key: loss_reach(records, key, target) for key in ("flops", "step", "elapsed_s")}
+    for variant, seeds in curves.items():
+        finals = [c[-1] for c in seeds]
+        mine = reach[variant]["flops"]
+        both = all(x is not None for x in mine + ref_flops) and np.mean(ref_flops) > 0
+        shares = [r["mat_active_fraction"] for c in seeds for r in c if "mat_active_fraction" in r]
+        # the reference's loss after as many FLOPs as this variant spent, per seed (None beyond its curve)
+        iso = [_value_at(ref, "flops", f["flops"]) if "flops" in f else None for ref, f in zip(curves[reference], finals)]
         variants[variant] = {
-            "final_eval_loss": final["eval_loss"], "flops": final.get("flops"), "elapsed_s": final.get("elapsed_s"),
-            "steps": final["step"], "reach_flops": reach["flops"], "reach_step": reach["step"], "reach_s": reach["elapsed_s"],
-            "flops_saving": (1 - reach["flops"] / ref_flops) if reach["flops"] is not None and ref_flops else None,
-            # the reference's loss after the same number of FLOPs (an iso-compute comparison)
-            "reference_loss_at_same_flops": _value_at(curves[reference], "flops", final["flops"]) if "flops" in final else None,
-            "mean_active_fraction": (sum(r["mat_active_fraction"] for r in records if "mat_active_fraction" in r)
-                                     / max(1, sum("mat_active_fraction" in r for r in records))) if any(
-                                         "mat_active_fraction" in r for r in records) else None,
+            "final_eval_loss": float(np.mean([f["eval_loss"] for f in finals])),
+            "final_eval_loss_per_seed": [f["eval_loss"] for f in finals],
+            "flops": _mean([f.get("flops") for f in finals]), "elapsed_s": _mean([f.get("elapsed_s") for f in finals]),
+            "steps": float(np.mean([f["step"] for f in finals])),
+            "reach_flops": _mean(mine), "reach_step": _mean(reach[variant]["step"]), "reach_s": _mean(reach[variant]["elapsed_s"]),
+            "reach_flops_per_seed": mine, "reached": sum(x is not None for x in mine),
+            "reach_flops_at_least": _mean([x if x is not None else f.get("flops") for x, f in zip(mine, finals)]),
+            "flops_saving": float(1 - np.mean(mine) / np.mean(ref_flops)) if both else None,
+            "flops_saving_interval": _saving_interval(mine, ref_flops, rng) if both else None,
+            "reference_loss_at_same_flops": _mean(iso),
+            "mean_active_fraction": float(np.mean(shares)) if shares else None,
         }
-    return {"reference": reference, "target_eval_loss": target, "variants": variants}
+    return {"reference": reference, "target_eval_loss": target, "seeds": len(curves[reference]),
+            "target_from": "recipe" if target_loss is not None else "reference final loss", "variants": variants}
 
 
-def write_compare_report(path: Path, summary: dict, curves: dict[str, list[dict]]) -> Path:
+def write_compare_report(path: Path, summary: dict, curves: dict[str, list[list[dict]]]) -> Path:
     from caplab.runs.report import _save, plt
 
     figures = path / "figures"
@@ -145,10 +238,13 @@ def write_compare_report(path: Path, summary: dict, curves: dict[str, list[dict]
     names = []
     for key, label, log in (("flops", "training FLOPs", True), ("step", "training step", True), ("elapsed_s", "wall-clock seconds", False)):
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-        for i, (variant, records) in enumerate(curves.items()):
-            points = [(r[key], r["eval_loss"]) for r in records if key in r and r[key] and "eval_loss" in r]
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", color=f"C{i}", label=variant)
-        ax.axhline(summary["target_eval_loss"], color="grey", lw=0.8, ls="--", label=f"final loss of {summary['reference']}")
+        for i, (variant, seeds) in enumerate(curves.items()):
+            for seed, records in enumerate(seeds):
+                points = [(r[key], r["eval_loss"]) for r in records if key in r and r[key] and "eval_loss" in r]
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker=".", color=f"C{i}", lw=1.0 if len(seeds) > 1 else 1.5,
+                        label=variant if seed == 0 else None)
+        what = "target" if summary["target_from"] == "recipe" else f"final loss of {summary['reference']}"
+        ax.axhline(summary["target_eval_loss"], color="grey", lw=0.8, ls="--", label=what)
         if log:
             ax.set_xscale("log")
         ax.set_yscale("log")
@@ -160,18 +256,24 @@ def write_compare_report(path: Path, summary: dict, curves: dict[str, list[dict]
         _save(fig, figures / names[-1])
     rows = "".join(
         f"<tr><td>{html.escape(v)}</td><td>{s['final_eval_loss']:.4f}</td><td>{(s['flops'] or 0):.3g}</td>"
-        f"<td>{_fmt(s['reach_flops'], '.3g')}</td><td>{_fmt(s['flops_saving'], '+.1%')}</td><td>{_fmt(s['reach_step'], '.0f')}</td>"
+        f"<td>{_fmt(s['reach_flops'], '.3g')} ({s['reached']}/{summary['seeds']})</td><td>{_fmt(s['flops_saving'], '+.1%')}"
+        f"{_interval_text(s['flops_saving_interval'])}</td><td>{_fmt(s['reach_step'], '.0f')}</td>"
         f"<td>{_fmt(s['mean_active_fraction'], '.2f')}</td></tr>" for v, s in summary["variants"].items())
     text = ("<!doctype html><html><head><meta charset='utf-8'><title>caplab comparison</title>"
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}pre{background:#f6f6f6;padding:8px}</style>"
-            f"</head><body><h1>Comparison {html.escape(path.name)}</h1><p>target: the final held-out loss of "
-            f"{html.escape(summary['reference'])}, {summary['target_eval_loss']:.4f}</p><table><tr><th>variant</th>"
-            "<th>final loss</th><th>FLOPs</th><th>FLOPs to target</th><th>saving</th><th>step at target</th>"
+            f"</head><body><h1>Comparison {html.escape(path.name)}</h1><p>target held-out loss "
+            f"{summary['target_eval_loss']:.4f} ({html.escape(summary['target_from'])}); seed means over {summary['seeds']} "
+            f"seed(s)</p><table><tr><th>variant</th>"
+            "<th>final loss</th><th>FLOPs</th><th>FLOPs to target (seeds reaching)</th><th>saving [95% CI]</th><th>step at target</th>"
             f"<th>active share</th></tr>{rows}</table>" + "".join(f"<img src='figures/{n}' alt='{n}'>" for n in names)
             + f"<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre></body></html>")
     atomic_write_bytes(path / "report.html", text.encode())
     return path / "report.html"
+
+
+def _interval_text(interval: Optional[list]) -> str:
+    return f" [{interval[0]:+.1%}, {interval[1]:+.1%}]" if interval else ""
 
 
 def _fmt(value, spec: str) -> str:

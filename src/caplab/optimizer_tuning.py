@@ -10,6 +10,10 @@ here. Per (optimizer, learning rate):
     reach_step        per seed, the step where the held-out loss first reaches L (interpolated
                       between evaluations); None when it never does (a lower bound at the last step)
     reach_train_s     the same in training seconds (wall clock minus the time spent evaluating)
+    spectral          where the runs logged spectral diagnostics (`train.spectral_diagnostics_every`): the
+                      mean over completed seeds of each seed's mean over its logged steps after step 0 of
+                      grad_energy_share, grad_energy_share_random, grad_subspace_overlap and
+                      spectra_cache_overlap, and the lowest single logged spectra_cache_overlap
 
 Per optimizer, the best-tuned learning rate is the one with the fewest mean
 steps to L among those where every seed completed and reached it (or, if
@@ -56,6 +60,22 @@ def _interval(values, rng, n_boot: int) -> tuple[float, float]:
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+SPECTRAL_KEYS = ("grad_energy_share", "grad_energy_share_random", "grad_subspace_overlap", "spectra_cache_overlap")
+
+
+def _spectral(completed: list[dict]) -> dict:
+    """Seed means of per-seed means over logged steps after 0 (see the module docstring); {} if none were logged."""
+    out = {}
+    for key in SPECTRAL_KEYS:
+        per_seed = [[e[key] for e in r["evaluations"] if key in e and e["step"] > 0] for r in completed]
+        per_seed = [v for v in per_seed if v]
+        if per_seed:
+            out[key] = float(np.mean([np.mean(v) for v in per_seed]))
+            if key == "spectra_cache_overlap":
+                out["spectra_cache_overlap_min"] = float(min(min(v) for v in per_seed))
+    return out
+
+
 def _setting(runs: list[dict], target: float, rng, n_boot: int) -> dict:
     completed = [r for r in runs if not r["diverged"] and r["evaluations"]]
     finals = [r["evaluations"][-1]["eval_loss"] for r in completed]
@@ -69,6 +89,7 @@ def _setting(runs: list[dict], target: float, rng, n_boot: int) -> dict:
         "final_eval_loss_interval": list(_interval(finals, rng, n_boot)) if finals else None,
         "reach_step": reach, "reach_train_s": seconds,
         "all_reach": bool(completed) and len(completed) == len(runs) and all(x is not None for x in reach),
+        "spectral": _spectral(completed),
         "run_ids": [r["run_id"] for r in runs],
     }
 

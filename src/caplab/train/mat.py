@@ -97,7 +97,7 @@ class ModularAdaptiveTraining:
         unknown = [m for m in self.cfg.mat_frozen or [] if m not in self.modules]
         if unknown:
             raise ConfigError(f"train.mat_frozen names {unknown[0]!r}, not a module; modules: {', '.join(self.modules)}")
-        if self.cfg.mat_rule == "fixed" and not self.cfg.mat_frozen:
+        if self.cfg.mat_rule == "fixed" and self.cfg.mat_frozen is None:  # [] is allowed: a matched MAT run froze nothing
             raise ConfigError("train.mat_rule=fixed needs train.mat_frozen, the modules to freeze from step 0")
         self.history: list[dict[str, float]] = []  # one {module: lambda_max} per estimate
         self._saved: list = []

@@ -72,6 +72,8 @@ class TrainConfig:
     mat_lambda: Literal["per_parameter", "raw"] = "per_parameter"  # lambda_max per parameter of the module, or as is
     mat_frozen: Optional[list[str]] = None  # rule fixed: the modules frozen from step 0 (e.g. those a MAT run ended up freezing)
     spectral_diagnostics_every: int = 0  # log gradient spike energy share and subspace overlap every N steps (0: off)
+    stop_loss: Optional[float] = None  # stop at the first evaluation whose held-out loss is at or below this
+    max_flops: Optional[float] = None  # stop once the training FLOPs (MAT's estimates included) reach this cap
     ensemble: int = 1  # N > 1: train seeds seed .. seed+N-1 at once (caplab.train.ensemble), one run each
     ensemble_worlds: bool = False  # ensemble members also take worlds task.seed + i
 
@@ -83,6 +85,8 @@ class TrainConfig:
             raise ValueError("train.lr must be positive and train.warmup_steps non-negative")
         if self.ensemble < 1:
             raise ValueError(f"train.ensemble must be at least 1, got {self.ensemble}")
+        if self.max_flops is not None and self.max_flops <= 0:
+            raise ValueError(f"train.max_flops must be positive, got {self.max_flops}")
         if self.mat_every < 0 or self.mat_probe < 2:
             raise ValueError("train.mat_every must be non-negative and train.mat_probe at least 2")
 
@@ -290,8 +294,18 @@ class Trainer:
         disable = {"auto": None, "always": False, "never": True}[c.progress]
         return tqdm(total=c.steps, initial=self.step, disable=disable, unit="step", dynamic_ncols=True, leave=False)
 
+    def _should_stop(self) -> bool:
+        """An early stop of `fit`: the held-out loss target reached, or the FLOP cap spent."""
+        c = self.cfg
+        reached = c.stop_loss is not None and self.last_record.get("step") == self.step and \
+            self.last_record.get("eval_loss", float("inf")) <= c.stop_loss
+        return reached or (c.max_flops is not None and self.flops_spent >= c.max_flops)
+
     def fit(self) -> dict:
-        """Train to `cfg.steps`; return the final metrics record."""
+        """Train to `cfg.steps` (or an early stop: `stop_loss`, `max_flops`); return the final metrics record.
+
+        An early stop evaluates and checkpoints the step it stops at, so the run ends as a finished run does.
+        """
         c = self.cfg
         evals = set(schedule(c.steps, c.eval_every, c.log_spaced))
         checkpoints = set(schedule(c.steps, c.checkpoint_every, c.log_spaced))
@@ -307,9 +321,12 @@ class Trainer:
                 if self.step in evals and not first_of_restored:
                     record = self._eval_and_log(last_loss, start)
                     bar.set_postfix(_headline(record), refresh=False)
-                if self.step in checkpoints and not first_of_restored:
+                stop = not first_of_restored and self.step > 0 and self._should_stop()
+                if stop and self.step not in evals:
+                    record = self._eval_and_log(last_loss, start)
+                if (self.step in checkpoints or stop) and not first_of_restored:
                     self._checkpoint()
-                if self.step >= c.steps:
+                if self.step >= c.steps or stop:
                     break
                 last_loss = self.train_step()
                 self._fire("on_step_end", loss=last_loss)

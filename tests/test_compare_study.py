@@ -66,7 +66,7 @@ def test_seeded_comparison_stops_at_the_target_and_freezes_what_mat_froze(tmp_pa
     assert summary["seeds"] == 2 and all(len(ids) == 2 for ids in runs.values())
     for seed in range(2):
         configs = {v: json.loads((tmp_path / runs[v][seed] / "config.json").read_text()) for v in runs}
-        assert all(c["train"]["seed"] == seed and c["task"]["corpus_seed"] == seed and c["train"]["stop_loss"] == 2.5
+        assert all(c["train"]["seed"] == seed and c["task"]["corpus_seed"] == seed and c["train"]["stop_at"] == 2.5
                    for c in configs.values())
         assert configs["frozen"]["train"]["mat_frozen"] == summary["frozen_at_end"]["mat"][seed]
         assert summary["frozen_at_end"]["frozen"][seed] == summary["frozen_at_end"]["mat"][seed]  # and kept them frozen

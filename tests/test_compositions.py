@@ -175,11 +175,31 @@ def test_decode_names_tokens():
 
 
 def test_displaced_metrics_and_eval_sampling_with_an_oracle():
-    task = make_task("compositions", **SMALL, split="base_combo", eval_displaced=20, eval_compositions=5)
+    task = make_task("compositions", **SMALL, split="base_combo", eval_displaced=21, eval_compositions=5)
     sets = task.eval_sets()
-    assert len(sets["unseen"]) == 5 and len(sets["displaced"]) == 20
+    assert len(sets["unseen"]) == 5 and len(sets["displaced"]) == 21  # 7 per displaced-slot count
     seen = {tuple(c) for c in task.train_compositions.tolist()}
     only_seen = task.evaluate(Oracle(task, seen), "cpu")
     assert only_seen["seen_exact"] == 1.0 and only_seen["displaced_exact"] == 0.0 and only_seen["unseen_exact"] == 0.0
     everything = seen | {tuple(c) for c in sets["unseen"].tolist()} | {tuple(c) for c in sets["displaced"].tolist()}
     assert task.evaluate(Oracle(task, everything), "cpu")["displaced_exact"] == 1.0
+
+
+def test_displaced_evaluation_is_stratified_by_displaced_slots_for_any_split():
+    assert "displaced" not in make_task("compositions", **SMALL).eval_sets()  # automatic: none under an in-order split
+    task = make_task("compositions", **SMALL, eval_displaced=30)
+    displaced = task.eval_sets()["displaced"]
+    keys = [tuple(c) for c in displaced.tolist()]
+    moved = [task.n_displaced(c) for c in keys]
+    assert len(set(keys)) == 30 and sorted(moved) == [1] * 10 + [2] * 10 + [3] * 10
+    assert not set(keys) & {tuple(c) for c in task.train_compositions.tolist()}
+    Fp1 = task.functions_per_depth
+    for c in keys:  # a slot not displaced holds the identity or its own depth's function
+        assert all(g // Fp1 == s or g % Fp1 != 0 for s, g in enumerate(c))
+    one_moved = {c for c, m in zip(keys, moved) if m == 1}
+    metrics = task.evaluate(Oracle(task, one_moved), "cpu")
+    assert (metrics["displaced_exact_m1"], metrics["displaced_exact_m2"], metrics["displaced_exact_m3"]) == (1.0, 0.0, 0.0)
+    assert metrics["displaced_exact"] == pytest.approx(1 / 3)
+    # the family with exactly m displaced slots: C(3, m) x (2 x 2)^m x 3^(3 - m) = 108, 144, 64; all 64 when asked for more
+    crowded = make_task("compositions", **SMALL, eval_displaced=3 * 100).eval_sets()["displaced"]
+    assert sorted(task.n_displaced(c) for c in crowded.tolist()).count(3) == 64

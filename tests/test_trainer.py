@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from caplab import GPT, TrainingDiverged, load_config, make_task
+from caplab import GPT, ConfigError, TrainingDiverged, load_config, make_task
 from caplab.experiment import build
 from caplab.train.optim import param_groups, warmup_cosine
 from caplab.train.trainer import schedule
@@ -52,12 +52,18 @@ def test_training_stops_at_a_held_out_loss_target_or_a_flop_cap():
     trainer.fit()
     target = evaluations[-2]["eval_loss"]  # reached first at the evaluation before the last (training lowers the loss)
     assert all(r["eval_loss"] > target for r in evaluations[1:-2])
-    _, _, stopping = build(load_config("demo", TINY + [f"train.stop_loss={target!r}"]))
+    _, _, stopping = build(load_config("demo", TINY + [f"train.stop_at={target!r}"]))
     last = stopping.fit()
     assert stopping.step == evaluations[-2]["step"] < cfg.train.steps and last["eval_loss"] == target
     _, _, capped = build(load_config("demo", TINY + [f"train.max_flops={2.5 * trainer.flops_per_step}"]))
     last = capped.fit()
     assert capped.step == 3 and last["step"] == 3 and last["flops"] == 3 * capped.flops_per_step  # evaluated where it stopped
+    _, _, any_metric = build(load_config("demo", TINY + ["train.stop_metric=seen_exact", "train.stop_at=0.0"]))
+    assert any_metric.fit()["step"] == 1  # an accuracy stops at or above its value: at the first evaluation after step 0
+    _, _, unknown = build(load_config("demo", TINY + ["train.stop_metric=seen_exactness", "train.stop_at=0.5"]))
+    with pytest.raises(ConfigError, match="stop_metric 'seen_exactness' is not logged"):
+        unknown.fit()
+    assert unknown.step == 0
 
 
 def test_callbacks_fire_by_name():

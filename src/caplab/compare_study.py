@@ -10,7 +10,7 @@
     reference:    the variant savings are measured against
     seeds:        N (default 1): each variant runs once per seed s = 0..N-1, with every `seed_keys`
                   entry (default [train.seed]) set to s; variants of one seed share init and data
-    target_loss:  the held-out loss to reach; every run stops there (train.stop_loss), with the base's
+    target_loss:  the held-out loss to reach; every run stops there (train.stop_at), with the base's
                   step budget or train.max_flops as its cap. Without it, the target is the reference's
                   final held-out loss (mean over seeds) and runs train to their budget.
 
@@ -93,7 +93,7 @@ def _variant_recipe(name: str, spec: dict, variant: str, seed: int, matched: Opt
     for key in spec.get("seed_keys", ["train.seed"]):
         recipe = set_key(recipe, key, seed)
     if spec.get("target_loss") is not None:
-        recipe = set_key(recipe, "train.stop_loss", float(spec["target_loss"]))
+        recipe = set_key(set_key(recipe, "train.stop_metric", "eval_loss"), "train.stop_at", float(spec["target_loss"]))
     return {**recipe, "recipe": f"{name}.{variant}", "description": f"variant {variant} of the comparison {name}"}
 
 

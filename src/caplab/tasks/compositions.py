@@ -58,12 +58,14 @@ class CompositionsConfig:
     loss_on: Literal["all", "outputs"] = "all"  # the paper trains on every token
     eval_compositions: int = 0  # in-order compositions evaluated; 0 = all of them
     eval_inputs: int = 8  # inputs per evaluated composition
-    eval_displaced: int = 256  # out-of-order compositions evaluated under *_combo splits
+    eval_displaced: int = -1  # out-of-order compositions evaluated, split evenly by displaced-slot count; -1: 256 under *_combo splits, none otherwise
 
     def __post_init__(self) -> None:
         for name in ("n_tokens", "input_len", "n_depths", "n_functions", "eval_inputs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"task.{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_displaced < -1:
+            raise ValueError(f"task.eval_displaced must be -1 (automatic) or a count, got {self.eval_displaced}")
         bad = [d for d in self.permutation_depths if not 0 <= d < self.n_depths]
         if bad:
             raise ValueError(f"task.permutation_depths has depth {bad[0]} outside 0..{self.n_depths - 1}")
@@ -157,8 +159,40 @@ class Compositions(Task):
 
     def _is_displaced(self, composition: tuple) -> bool:
         """True if some slot holds a non-identity function of another depth."""
+        return self.n_displaced(composition) > 0
+
+    def n_displaced(self, composition) -> int:
+        """How many slots hold a non-identity function of another depth."""
         Fp1 = self.functions_per_depth
-        return any(g % Fp1 != 0 and g // Fp1 != s for s, g in enumerate(composition))
+        return sum(g % Fp1 != 0 and g // Fp1 != s for s, g in enumerate(composition))
+
+    def _displaced_by_count(self, rng: np.random.Generator, total: int, exclude: set) -> list:
+        """Up to total // n_depths distinct compositions with exactly m displaced slots, for each m = 1..n_depths.
+
+        m slots, chosen uniformly, hold a non-identity function of another depth; the others hold the identity
+        or one of their own depth's functions. Stratified so that the rare few-displaced compositions (one
+        displaced slot is about 1.5% of the family at the paper's sizes) are evaluated as often as the rest.
+        """
+        D, F = self.cfg.n_depths, self.cfg.n_functions
+        per_count, chosen = total // D, []
+        for m in range(1, D + 1):
+            family = math.comb(D, m) * ((D - 1) * F) ** m * (F + 1) ** (D - m)
+            want = min(per_count, family - sum(self.n_displaced(c) == m for c in exclude))
+            found: set = set()
+            while len(found) < want:
+                moved = set(rng.choice(D, size=m, replace=False).tolist())
+                slots = []
+                for s in range(D):
+                    if s in moved:
+                        depth = int(rng.choice([d for d in range(D) if d != s]))
+                        slots.append(self.function_id(depth, 1 + int(rng.integers(F))))
+                    else:
+                        slots.append(self.function_id(s, int(rng.integers(F + 1))))
+                key = tuple(slots)
+                if key not in exclude and key not in found:
+                    found.add(key)
+                    chosen.append(key)
+        return chosen
 
     def _combo_count(self, displaced_only: bool) -> int:
         D, F = self.cfg.n_depths, self.cfg.n_functions
@@ -253,10 +287,10 @@ class Compositions(Task):
         if cfg.eval_compositions and cfg.eval_compositions < len(unseen):
             unseen = unseen[torch.from_numpy(np.sort(rng.choice(len(unseen), cfg.eval_compositions, replace=False)))]
         sets = {"seen": self.train_compositions, "unseen": unseen}
-        if cfg.split.endswith("combo") and cfg.eval_displaced:
-            available = self._combo_count(True) - sum(map(self._is_displaced, self._train_keys))
-            displaced = self._random_combo(rng, min(cfg.eval_displaced, available), set(self._train_keys), displaced_only=True)
-            sets["displaced"] = torch.tensor(displaced, dtype=torch.long)
+        count = cfg.eval_displaced if cfg.eval_displaced >= 0 else (256 if cfg.split.endswith("combo") else 0)
+        if count and cfg.n_depths > 1:
+            displaced = self._displaced_by_count(rng, count, set(self._train_keys))
+            sets["displaced"] = torch.tensor(displaced, dtype=torch.long).reshape(-1, cfg.n_depths)
         return sets
 
     def _eval_documents(self, device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -281,8 +315,9 @@ class Compositions(Task):
         """Greedy-generation accuracy of the final output F(x).
 
         Returns `{group}_exact` (all L tokens right) and `{group}_token` (per-token)
-        for groups seen / unseen / displaced, and `exact_k{k}` over all in-order
-        compositions evaluated, by number k of non-identity functions.
+        for groups seen / unseen / displaced, `exact_k{k}` over all in-order
+        compositions evaluated, by number k of non-identity functions, and
+        `displaced_exact_m{m}` by number m of displaced slots.
         """
         groups, docs = self._eval_documents(device)
         L = self.cfg.input_len
@@ -306,6 +341,11 @@ class Compositions(Task):
             pick = is_inorder & (k == n_funcs)
             if pick.any():
                 metrics[f"exact_k{n_funcs}"] = inorder_exact[pick].mean().item()
+        if "displaced" in groups:
+            lo, hi, comps = groups["displaced"]
+            moved = torch.tensor([self.n_displaced(c) for c in comps.tolist()])
+            for m in moved.unique().tolist():
+                metrics[f"displaced_exact_m{m}"] = exact[lo:hi][moved == m].mean().item()
         return metrics
 
     def headline(self, metrics: dict[str, float]) -> dict[str, float]:

@@ -49,8 +49,8 @@ def check_ensemble(cfg: GPTConfig, train_cfg) -> None:
         raise ConfigError(f"train.ensemble supports train.optimizer=adamw or sgd, not {train_cfg.optimizer!r}")
     if train_cfg.mat_every or train_cfg.spectral_diagnostics_every or train_cfg.compile:
         raise ConfigError("train.ensemble does not combine with train.mat_every, train.spectral_diagnostics_every or train.compile")
-    if train_cfg.stop_loss is not None or train_cfg.max_flops is not None:  # members would stop at different steps
-        raise ConfigError("train.ensemble does not combine with train.stop_loss or train.max_flops")
+    if train_cfg.stop_at is not None or train_cfg.max_flops is not None:  # members would stop at different steps
+        raise ConfigError("train.ensemble does not combine with train.stop_at or train.max_flops")
 
 
 class EnsembleGPT(nn.Module):

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from caplab.errors import TrainingDiverged
+from caplab.errors import ConfigError, TrainingDiverged
 from caplab.models.gpt import GPTConfig
 from caplab.tasks.base import Task
 from caplab.train import state as train_state
@@ -72,7 +72,8 @@ class TrainConfig:
     mat_lambda: Literal["per_parameter", "raw"] = "per_parameter"  # lambda_max per parameter of the module, or as is
     mat_frozen: Optional[list[str]] = None  # rule fixed: the modules frozen from step 0 (e.g. those a MAT run ended up freezing)
     spectral_diagnostics_every: int = 0  # log gradient spike energy share and subspace overlap every N steps (0: off)
-    stop_loss: Optional[float] = None  # stop at the first evaluation whose held-out loss is at or below this
+    stop_at: Optional[float] = None  # stop at the first evaluation where stop_metric reaches this value
+    stop_metric: str = "eval_loss"  # ...at or below it for a metric named *loss, at or above it otherwise (e.g. seen_exact)
     max_flops: Optional[float] = None  # stop once the training FLOPs (MAT's estimates included) reach this cap
     ensemble: int = 1  # N > 1: train seeds seed .. seed+N-1 at once (caplab.train.ensemble), one run each
     ensemble_worlds: bool = False  # ensemble members also take worlds task.seed + i
@@ -297,12 +298,16 @@ class Trainer:
     def _should_stop(self) -> bool:
         """An early stop of `fit`: the held-out loss target reached, or the FLOP cap spent."""
         c = self.cfg
-        reached = c.stop_loss is not None and self.last_record.get("step") == self.step and \
-            self.last_record.get("eval_loss", float("inf")) <= c.stop_loss
-        return reached or (c.max_flops is not None and self.flops_spent >= c.max_flops)
+        reached = False
+        if c.stop_at is not None and self.last_record.get("step") == self.step:
+            if c.stop_metric not in self.last_record:
+                raise ConfigError(f"train.stop_metric {c.stop_metric!r} is not logged; logged: {', '.join(self.last_record)}")
+            value = self.last_record[c.stop_metric]
+            reached = value <= c.stop_at if c.stop_metric.endswith("loss") else value >= c.stop_at
+        return self.step > 0 and (reached or (c.max_flops is not None and self.flops_spent >= c.max_flops))
 
     def fit(self) -> dict:
-        """Train to `cfg.steps` (or an early stop: `stop_loss`, `max_flops`); return the final metrics record.
+        """Train to `cfg.steps` (or an early stop: `stop_at`, `max_flops`); return the final metrics record.
 
         An early stop evaluates and checkpoints the step it stops at, so the run ends as a finished run does.
         """
@@ -321,7 +326,7 @@ class Trainer:
                 if self.step in evals and not first_of_restored:
                     record = self._eval_and_log(last_loss, start)
                     bar.set_postfix(_headline(record), refresh=False)
-                stop = not first_of_restored and self.step > 0 and self._should_stop()
+                stop = not first_of_restored and self._should_stop()
                 if stop and self.step not in evals:
                     record = self._eval_and_log(last_loss, start)
                 if (self.step in checkpoints or stop) and not first_of_restored:

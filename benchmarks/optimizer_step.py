@@ -5,7 +5,15 @@ gradients (one backward pass, kept), each optimizer stepping `--steps` times
 after a warm-up, in this process. Reports milliseconds per `optimizer.step()`
 and the ratio to AdamW, plus the optimizer-state size of each.
 
+With `--recipe NAME`, times whole training steps instead (sampling, forward,
+backward, clipping, the optimizer) through caplab's Trainer on that recipe's
+task and model, each optimizer in turn, `--steps` steps after 5 of warm-up,
+and reports milliseconds per step and the ratio to AdamW. Steps to a loss
+times this per-step cost is the wall-clock to that loss on an idle machine,
+which a sweep run on a shared machine cannot measure cleanly.
+
     python benchmarks/optimizer_step.py [--d-model 128] [--layers 2] [--steps 50]
+    python benchmarks/optimizer_step.py --recipe optimizers-sweep --steps 40 [--repeats 3]
 """
 
 from __future__ import annotations
@@ -24,13 +32,40 @@ def state_bytes(optimizer) -> int:
     return sum(t.numel() * t.element_size() for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
 
 
+def whole_steps(recipe: str, steps: int, repeats: int) -> None:
+    from caplab import load_config
+    from caplab.experiment import build
+
+    times = {name: [] for name in ("adamw", "muon", "spectra")}
+    for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits every optimizer
+        for name in times:
+            cfg = load_config(recipe, [f"train.optimizer={name}", "train.spectral_diagnostics_every=0", "train.progress=never"])
+            _, _, trainer = build(cfg)
+            for _ in range(5):
+                trainer.train_step()
+            start = time.perf_counter()
+            for _ in range(steps):
+                trainer.train_step()
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    shape = cfg.model
+    print(f"recipe {recipe}: GPT {shape.n_layers} layers, d_model {shape.d_model}, batch {cfg.train.batch_size}, "
+          f"{torch.get_num_threads()} threads; whole training steps, best of {repeats} x {steps}")
+    base = min(times["adamw"])
+    for name, ms in times.items():
+        print(f"{name:<8} {min(ms):8.1f} ms/step (runs {', '.join(f'{m:.1f}' for m in ms)})   x{min(ms) / base:5.2f} AdamW")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--recipe", help="time whole training steps of this recipe instead")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.recipe:
+        return whole_steps(args.recipe, args.steps, args.repeats)
     results = {}
     for name in ("adamw", "muon", "spectra"):
         model = GPT(GPTConfig(n_layers=args.layers, n_heads=4, d_model=args.d_model, d_vocab=64, n_ctx=64))

@@ -54,6 +54,13 @@ def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_pa
     assert "unstable from lr 0.1" in lines[1] and "reach_step x0.50 [0.50, 0.50]" in lines[3]
 
 
+def test_a_second_sweep_extends_the_grid(tmp_path):
+    first = _synthetic(tmp_path / "one", {("adamw", 1e-2): [("completed", [(0, 4.0), (10, 3.0)])] * 2})
+    second = _synthetic(tmp_path / "two", {("adamw", 1e-3): [("completed", [(0, 4.0), (10, 1.0)])] * 2})
+    adamw = aggregate(first, target_loss=2.0, more=(second,))["optimizers"]["adamw"]
+    assert sorted(adamw["settings"]) == ["0.001", "0.01"] and adamw["best_lr"] == 0.001
+
+
 def test_an_optimizer_that_never_reaches_the_target_is_ranked_by_final_loss(tmp_path):
     path = _synthetic(tmp_path, {("adamw", 1e-3): [("completed", [(0, 4.0), (10, 3.0)])] * 2,
                                  ("adamw", 1e-2): [("completed", [(0, 4.0), (10, 2.5)])] * 2})

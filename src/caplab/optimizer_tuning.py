@@ -94,11 +94,16 @@ def _setting(runs: list[dict], target: float, rng, n_boot: int) -> dict:
     }
 
 
-def aggregate(path: Path, target_loss: float, reference: str = "adamw", n_boot: int = 2000, write: bool = True) -> dict:
-    """Per optimizer and learning rate, and per optimizer best-tuned (see the module docstring)."""
+def aggregate(path: Path, target_loss: float, reference: str = "adamw", n_boot: int = 2000, write: bool = True,
+              more: tuple[Path, ...] = ()) -> dict:
+    """Per optimizer and learning rate, and per optimizer best-tuned (see the module docstring).
+
+    `more`: further sweeps of the same recipe (e.g. a grid extended to a lower rate) read as part of this one;
+    the summary is written to `path`.
+    """
     rng = np.random.default_rng(0)
     grouped: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
-    for run in _records(path):
+    for run in [r for p in (path, *more) for r in _records(p)]:
         grouped[run["optimizer"]][run["lr"]].append(run)
     optimizers = {}
     for optimizer, by_lr in sorted(grouped.items()):

@@ -59,6 +59,18 @@ def test_a_second_sweep_extends_the_grid(tmp_path):
     second = _synthetic(tmp_path / "two", {("adamw", 1e-3): [("completed", [(0, 4.0), (10, 1.0)])] * 2})
     adamw = aggregate(first, target_loss=2.0, more=(second,))["optimizers"]["adamw"]
     assert sorted(adamw["settings"]) == ["0.001", "0.01"] and adamw["best_lr"] == 0.001
+    assert adamw["best_at_edge"]  # the lowest rate tried
+    with pytest.raises(ConfigError, match="more than one of the sweeps"):
+        aggregate(first, target_loss=2.0, more=(first,))
+
+
+def test_a_blow_up_the_schedule_recovered_from_counts_as_unstable(tmp_path):
+    path = _synthetic(tmp_path, {("muon", 0.1): [("completed", [(0, 4.0), (10, 2.0), (20, 2.5), (30, 1.0)])],   # +0.5 >= 0.4
+                                 ("muon", 0.01): [("completed", [(0, 4.0), (10, 2.0), (20, 2.3), (30, 1.5)])]})  # +0.3: noise
+    muon = aggregate(path, target_loss=1.5)["optimizers"]["muon"]
+    assert muon["settings"]["0.1"]["spiked"] == 1 and muon["settings"]["0.1"]["unstable"] == 1
+    assert muon["settings"]["0.01"]["spiked"] == 0 and muon["smallest_unstable_lr"] == 0.1
+    assert muon["best_lr"] == 0.1 and muon["best_at_edge"]
 
 
 def test_an_optimizer_that_never_reaches_the_target_is_ranked_by_final_loss(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from caplab import ConfigError, RunStore
 from caplab.runs.store import atomic_write_json
-from caplab.runs.sweep import aggregate, create_sweep, parse_grid, plan
+from caplab.runs.sweep import aggregate, create_sweep, curves_by_setting, parse_grid, plan
 from helpers import TINY, caplab
 
 TINY_SWEEP = [arg for item in TINY + ["train.steps=40", "train.eval_every=10", "train.checkpoint_every=10"]
@@ -75,6 +75,21 @@ def test_aggregate_recovers_a_known_power_law(tmp_path):
     assert scaling["key"] == "task.size" and scaling["exponent"] == pytest.approx(0.5, abs=0.03)
     assert scaling["low"] <= 0.5 <= scaling["high"]
     json.loads((path / "summary.json").read_text())  # strict JSON (no NaN)
+
+
+def test_runs_that_stop_at_different_steps_all_count_and_keep_their_last_value(tmp_path):
+    stops = iter([20, 40, 60])  # the three seeds stop early at different evaluations (train.stop_at)
+
+    def records(size):
+        last = next(stops)
+        return [{"step": step, "tokens": step, "acc": step / 100} for step in range(0, last + 1, 10)]
+
+    path = _synthetic_sweep(tmp_path, [1], records, metric="acc")
+    setting = aggregate(path)["settings"][0]
+    assert setting["n_seeds"] == 3 and setting["final_mean"] == pytest.approx((0.2 + 0.4 + 0.6) / 3)
+    groups = curves_by_setting(path)
+    curves = next(iter(groups.values()))["curves"]
+    assert curves[0].tolist() == pytest.approx([0, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2])  # carried after its stop
 
 
 def test_a_peak_read_sweep_scores_each_run_where_its_other_half_peaks(tmp_path):

@@ -129,6 +129,7 @@ def _print_tuning(tuning: dict) -> None:
         else:
             reach = f"never reaches it (best final loss {opt['best_final_eval_loss']:.3f})"
         best = f"{opt['best_lr']:g}" if opt["best_lr"] is not None else "none"
+        best += " (at the grid's edge)" if opt.get("best_at_edge") else ""
         print(f"{name:<10} best lr {best:<7} {reach}; {edge}")
     for name, row in tuning["ratios"].items():
         parts = [f"{key} x{r['ratio']:.2f} [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]" for key, r in row.items() if r]

@@ -5,7 +5,9 @@ whose section says `analysis: optimizer_tuning` and `target_loss: L` is read
 here. Per (optimizer, learning rate):
 
     diverged          runs whose loss or weights stopped being finite (failed runs of the sweep)
-    unstable          diverged, or finished with a held-out loss above their loss at step 0
+    spiked            runs with an evaluation at least 10% of their step-0 loss above their best earlier
+                      held-out loss (a blow-up the decaying schedule may have let them recover from)
+    unstable          diverged, spiked, or finished with a held-out loss above their loss at step 0
     final_eval_loss   mean and 95% bootstrap interval over the completed seeds
     reach_step        per seed, the step where the held-out loss first reaches L (interpolated
                       between evaluations); None when it never does (a lower bound at the last step)
@@ -18,7 +20,8 @@ here. Per (optimizer, learning rate):
 Per optimizer, the best-tuned learning rate is the one with the fewest mean
 steps to L among those where every seed completed and reached it (or, if
 none did, the lowest mean final loss, marked as never reaching L), and the
-stability edge is the smallest learning rate with an unstable seed. Against
+stability edge is the smallest learning rate with an unstable seed; `best_at_edge`
+flags a best rate at either end of the grid (the optimum may lie outside it). Against
 the `reference` optimizer, the ratios of best-tuned mean steps and seconds
 to L come with a bootstrap interval over seeds (each optimizer's seeds
 resampled on their own). The best learning rate is chosen on the same seeds
@@ -35,6 +38,7 @@ from typing import Optional
 import numpy as np
 
 from caplab.analysis.emergence import loss_reach
+from caplab.errors import ConfigError
 from caplab.runs.store import atomic_write_json
 
 
@@ -76,15 +80,25 @@ def _spectral(completed: list[dict]) -> dict:
     return out
 
 
+def _spiked(evaluations: list[dict], share: float = 0.1) -> bool:
+    """An evaluation at least `share` x the step-0 loss above the lowest held-out loss before it."""
+    losses = [e["eval_loss"] for e in evaluations]
+    if len(losses) < 2:
+        return False
+    best = np.minimum.accumulate(losses)[:-1]
+    return bool((np.asarray(losses[1:]) - best >= share * losses[0]).any())
+
+
 def _setting(runs: list[dict], target: float, rng, n_boot: int) -> dict:
     completed = [r for r in runs if not r["diverged"] and r["evaluations"]]
     finals = [r["evaluations"][-1]["eval_loss"] for r in completed]
-    unstable = sum(bool(r["diverged"] or (r["evaluations"] and r["evaluations"][-1]["eval_loss"] > r["evaluations"][0]["eval_loss"]))
-                   for r in runs)
+    spiked = sum(_spiked(r["evaluations"]) for r in runs)
+    unstable = sum(bool(r["diverged"] or _spiked(r["evaluations"]) or (
+        r["evaluations"] and r["evaluations"][-1]["eval_loss"] > r["evaluations"][0]["eval_loss"])) for r in runs)
     reach = [loss_reach(r["evaluations"], "step", target) for r in completed]
     seconds = [loss_reach(r["evaluations"], "train_s", target) for r in completed]
     return {
-        "seeds": len(runs), "diverged": sum(r["diverged"] for r in runs), "unstable": int(unstable),
+        "seeds": len(runs), "diverged": sum(r["diverged"] for r in runs), "spiked": int(spiked), "unstable": int(unstable),
         "final_eval_loss": float(np.mean(finals)) if finals else None,
         "final_eval_loss_interval": list(_interval(finals, rng, n_boot)) if finals else None,
         "reach_step": reach, "reach_train_s": seconds,
@@ -103,7 +117,12 @@ def aggregate(path: Path, target_loss: float, reference: str = "adamw", n_boot: 
     """
     rng = np.random.default_rng(0)
     grouped: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
+    seen = set()
     for run in [r for p in (path, *more) for r in _records(p)]:
+        key = (run["optimizer"], run["lr"], run["seed"])
+        if key in seen:
+            raise ConfigError(f"optimizer {key[0]}, lr {key[1]:g}, seed {key[2]} appears in more than one of the sweeps read together")
+        seen.add(key)
         grouped[run["optimizer"]][run["lr"]].append(run)
     optimizers = {}
     for optimizer, by_lr in sorted(grouped.items()):
@@ -123,6 +142,7 @@ def aggregate(path: Path, target_loss: float, reference: str = "adamw", n_boot: 
             "best_reach_step_interval": list(_interval(chosen["reach_step"], rng, n_boot)) if reaching else None,
             "best_reach_train_s": float(np.mean(chosen["reach_train_s"])) if reaching else None,
             "best_final_eval_loss": chosen.get("final_eval_loss"),
+            "best_at_edge": best is not None and len(settings) > 1 and best in (min(settings), max(settings)),
             "smallest_unstable_lr": min(unstable) if unstable else None,
             "largest_stable_lr": max((lr for lr in settings if lr not in unstable), default=None),
         }

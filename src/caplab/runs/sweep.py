@@ -241,7 +241,12 @@ def failed_runs(path: Path) -> list[dict]:
 
 
 def curves_by_setting(path: Path) -> dict[str, dict]:
-    """{setting label: {"setting", "steps", "curves" (n_seeds, n_steps), "run_ids"}} for the tracked metric."""
+    """{setting label: {"setting", "steps", "curves" (n_seeds, n_steps), "run_ids"}} for the tracked metric.
+
+    Runs of one setting may be evaluated at different steps (a run that stopped early, `train.stop_at`, or
+    another schedule): the steps are their union, and each run reads, at every step, its latest evaluation at
+    or before it, so a run that stopped keeps its last value and no run is left out.
+    """
     sweep = read_json(Path(path) / "sweep.json")
     groups: dict[str, dict] = {}
     for entry, store in completed_runs(path):
@@ -249,9 +254,12 @@ def curves_by_setting(path: Path) -> dict[str, dict]:
         group = groups.setdefault(_setting_key(entry["setting"]), {"setting": entry["setting"], "runs": []})
         group["runs"].append((entry["run_id"], [r["step"] for r in records], [r.get(sweep["metric"], np.nan) for r in records]))
     for group in groups.values():
-        steps = group["runs"][0][1]
-        group["steps"] = np.array(steps, float)
-        group["curves"] = np.array([values for _, s, values in group["runs"] if s == steps], float)
+        steps = np.array(sorted({step for _, run_steps, _ in group["runs"] for step in run_steps}), float)
+        curves = []
+        for _, run_steps, values in group["runs"]:
+            latest = np.searchsorted(np.asarray(run_steps, float), steps, side="right") - 1
+            curves.append(np.where(latest >= 0, np.asarray(values, float)[np.maximum(latest, 0)], np.nan))
+        group["steps"], group["curves"] = steps, np.array(curves, float)
         group["run_ids"] = [run_id for run_id, _, _ in group["runs"]]
         del group["runs"]
     return groups

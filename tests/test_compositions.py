@@ -203,3 +203,12 @@ def test_displaced_evaluation_is_stratified_by_displaced_slots_for_any_split():
     # the family with exactly m displaced slots: C(3, m) x (2 x 2)^m x 3^(3 - m) = 108, 144, 64; all 64 when asked for more
     crowded = make_task("compositions", **SMALL, eval_displaced=3 * 100).eval_sets()["displaced"]
     assert sorted(task.n_displaced(c) for c in crowded.tolist()).count(3) == 64
+
+
+def test_two_splits_of_one_world_are_evaluated_on_the_same_displaced_compositions():
+    sets = {split: make_task("compositions", **{**SMALL, "n_train_compositions": 20}, split=split, eval_displaced=60)
+            for split in ("random", "random_combo")}
+    displaced = {split: {tuple(c) for c in task.eval_sets()["displaced"].tolist()} for split, task in sets.items()}
+    trained = {tuple(c) for c in sets["random_combo"].train_compositions.tolist()}
+    assert displaced["random"] - displaced["random_combo"] <= trained  # differ only by what random_combo trains on
+    assert len(displaced["random"] & displaced["random_combo"]) >= 60 - len(trained)

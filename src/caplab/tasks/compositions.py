@@ -166,12 +166,14 @@ class Compositions(Task):
         Fp1 = self.functions_per_depth
         return sum(g % Fp1 != 0 and g // Fp1 != s for s, g in enumerate(composition))
 
-    def _displaced_by_count(self, rng: np.random.Generator, total: int, exclude: set) -> list:
+    def _displaced_by_count(self, total: int, exclude: set) -> list:
         """Up to total // n_depths distinct compositions with exactly m displaced slots, for each m = 1..n_depths.
 
         m slots, chosen uniformly, hold a non-identity function of another depth; the others hold the identity
         or one of their own depth's functions. Stratified so that the rare few-displaced compositions (one
         displaced slot is about 1.5% of the family at the paper's sizes) are evaluated as often as the rest.
+        Each count draws from its own stream of the world's seed and skips `exclude` (the training split),
+        so two splits of one world are evaluated on the same compositions but for their training ones.
         """
         D, F = self.cfg.n_depths, self.cfg.n_functions
         per_count, chosen = total // D, []
@@ -179,6 +181,7 @@ class Compositions(Task):
             family = math.comb(D, m) * ((D - 1) * F) ** m * (F + 1) ** (D - m)
             want = min(per_count, family - sum(self.n_displaced(c) == m for c in exclude))
             found: set = set()
+            rng = np.random.default_rng([self.cfg.seed, 7, m])
             while len(found) < want:
                 moved = set(rng.choice(D, size=m, replace=False).tolist())
                 slots = []
@@ -289,7 +292,7 @@ class Compositions(Task):
         sets = {"seen": self.train_compositions, "unseen": unseen}
         count = cfg.eval_displaced if cfg.eval_displaced >= 0 else (256 if cfg.split.endswith("combo") else 0)
         if count and cfg.n_depths > 1:
-            displaced = self._displaced_by_count(rng, count, set(self._train_keys))
+            displaced = self._displaced_by_count(count, set(self._train_keys))
             sets["displaced"] = torch.tensor(displaced, dtype=torch.long).reshape(-1, cfg.n_depths)
         return sets
 

@@ -17,7 +17,9 @@ def _synthetic(tmp_path, curves):
     sweep = {"recipe": "synthetic", "grid": {}, "seeds": 0, "overrides": [], "metric": "acc", "runs": []}
     for (optimizer, lr), seeds in curves.items():
         for seed, (status, points) in enumerate(seeds):
-            store = RunStore.create("synthetic", tmp_path, files={"config.json": {"train": {"optimizer": optimizer, "lr": lr}}})
+            name, _, rank = optimizer.partition("@")  # "spectra@0": spectral_rank_fraction 0
+            train = {"optimizer": name, "lr": lr, **({"spectral_rank_fraction": float(rank)} if rank else {})}
+            store = RunStore.create("synthetic", tmp_path, files={"config.json": {"train": train}})
             for step, loss, *extra in points:  # extra: a dict of more logged values
                 store.log_metrics({"step": step, "eval_loss": loss, "elapsed_s": 2.0 * step + 1.0, "eval_s": 1.0, **(extra or [{}])[0]})
             store.set_status(status, "loss became nan at step 9" if status == "failed" else None)
@@ -62,6 +64,12 @@ def test_a_second_sweep_extends_the_grid(tmp_path):
     assert adamw["best_at_edge"]  # the lowest rate tried
     with pytest.raises(ConfigError, match="more than one of the sweeps"):
         aggregate(first, target_loss=2.0, more=(first,))
+
+
+def test_spectra_with_another_spike_share_is_its_own_optimizer(tmp_path):
+    curve = [("completed", [(0, 4.0), (10, 1.0)])]
+    path = _synthetic(tmp_path, {("spectra", 1e-2): curve, ("spectra@0", 1e-2): curve})
+    assert sorted(aggregate(path, target_loss=2.0)["optimizers"]) == ["spectra", "spectra@0"]
 
 
 def test_a_blow_up_the_schedule_recovered_from_counts_as_unstable(tmp_path):

@@ -89,6 +89,21 @@ def test_muon_step_has_the_stated_rms():
     assert 0.6 * 0.2 * 0.01 < rms < 1.25 * 0.2 * 0.01
 
 
+def test_spectra_without_a_spike_steps_along_the_rescaled_momentum():
+    cfg = load_config("demo", TINY + ["train.optimizer=spectra", "train.spectral_rank_fraction=0", "train.lr=0.01",
+                                      "train.weight_decay=0", "train.grad_clip=0", "train.warmup_steps=0"])
+    _, model, trainer = build(cfg)
+    name = spectral_parameters(model)[0]
+    param = dict(model.named_parameters())[name]
+    start = param.detach().clone()
+    trainer.train_step()
+    grad = param.grad.detach().clone()  # the first momentum is the gradient itself
+    step = start - param.detach()
+    expected = grad * (0.2 * 0.01 / (grad.norm().item() / math.sqrt(grad.numel())))
+    torch.testing.assert_close(step, expected, rtol=1e-4, atol=1e-7)
+    assert "basis" not in trainer.optimizer.state[param]
+
+
 def test_spectrum_summary_and_overlap_closed_forms():
     from caplab.analysis.spectral import spectrum_summary, subspace_overlap
 

@@ -42,6 +42,9 @@ from caplab.errors import ConfigError
 from caplab.runs.store import atomic_write_json
 
 
+DEFAULT_RANK = 0.015  # TrainConfig.spectral_rank_fraction
+
+
 def _records(path: Path) -> list[dict]:
     """Every run of the sweep that completed or failed: optimizer, lr, seed, status and its evaluations."""
     from caplab.runs.sweep import sweep_runs
@@ -51,7 +54,10 @@ def _records(path: Path) -> list[dict]:
         train = store.config_dict()["train"]
         evaluations = [{**r, "train_s": r["elapsed_s"] - r.get("eval_s", 0.0)} for r in store.metrics()
                        if "eval_loss" in r and "elapsed_s" in r]
-        out.append({"optimizer": train["optimizer"], "lr": float(train["lr"]), "seed": entry["seed"], "run_id": entry["run_id"],
+        name = train["optimizer"]
+        if name == "spectra" and train.get("spectral_rank_fraction", DEFAULT_RANK) != DEFAULT_RANK:
+            name = f"spectra@{train['spectral_rank_fraction']:g}"  # another spike share (0: the rescaling-only control)
+        out.append({"optimizer": name, "lr": float(train["lr"]), "seed": entry["seed"], "run_id": entry["run_id"],
                     "diverged": store.info()["status"] == "failed", "evaluations": evaluations})
     return out
 

@@ -10,7 +10,9 @@ stepping:
   finds the top k = max(1, round(rank_fraction * min(m, n))) singular
   directions of M (the gradient "spike") by one warm-started power iteration
   on a cached basis, sets their singular values to the RMS singular value of
-  the remainder (the "tail"), and leaves the tail as it is.
+  the remainder (the "tail"), and leaves the tail as it is. `rank_fraction`
+  0 removes nothing: the momentum itself, rescaled as below, the control that
+  separates spike suppression from the update rescaling.
 
 Update sizes: both scale the update so its root-mean-square is 0.2 (as
 Moonshot AI did to let Muon share AdamW's learning rate: an orthogonal m x n
@@ -119,8 +121,11 @@ class SpectralOptimizer(torch.optim.Optimizer):
             update = orthogonalise(p.grad + group["momentum"] * buffer, group["newton_schulz_steps"])  # Nesterov
             scale = UPDATE_RMS * math.sqrt(max(p.shape))
         else:
-            k = max(1, round(group["rank_fraction"] * min(p.shape)))
-            update, state["basis"] = suppress_spike(buffer, state.get("basis"), k, group["power_iterations"])
+            if group["rank_fraction"] > 0:
+                k = max(1, round(group["rank_fraction"] * min(p.shape)))
+                update, state["basis"] = suppress_spike(buffer, state.get("basis"), k, group["power_iterations"])
+            else:  # the control: the same rescaled momentum step with no spike removed
+                update = buffer
             rms = update.norm() / math.sqrt(update.numel())
             scale = UPDATE_RMS / (rms.item() + 1e-8)
         p.mul_(1 - group["lr"] * group["weight_decay"])

@@ -63,7 +63,7 @@ class TrainConfig:
     init_from: Optional[str] = None  # start from another run's weights: "RUN" (its newest checkpoint) or "RUN@STEP"
     optimizer: Literal["adamw", "sgd", "muon", "spectra"] = "adamw"  # muon / spectra: 2-D weights of attention and MLPs, AdamW elsewhere
     momentum: Optional[float] = None  # sgd, muon, spectra; None: 0.9 for sgd, 0.95 for muon and spectra
-    spectral_rank_fraction: float = 0.015  # spectra: share of singular directions treated as the spike
+    spectral_rank_fraction: float = 0.015  # spectra: share of singular directions treated as the spike (0: none, a control)
     mat_every: int = 0  # modular adaptive training: re-estimate module NTKs every N steps (0: off)
     mat_rule: Literal["mean", "quantile", "temporal", "random", "random_static", "fixed"] = "mean"  # which modules stay active
     mat_alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random(_static): active fraction

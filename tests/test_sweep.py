@@ -92,6 +92,24 @@ def test_runs_that_stop_at_different_steps_all_count_and_keep_their_last_value(t
     assert curves[0].tolist() == pytest.approx([0, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2])  # carried after its stop
 
 
+def test_a_fit_read_scores_each_run_where_it_first_fits_and_censors_the_rest(tmp_path):
+    fits = iter([10, 20, None])  # the step where each seed's seen accuracy first reaches 0.99; the third never does
+
+    def records(size):
+        at = next(fits)
+        return [{"step": step, "tokens": step, "acc": step / 100,
+                 "seen": 1.0 if at is not None and step >= at else 0.5} for step in range(0, 41, 10)]
+
+    path = _synthetic_sweep(tmp_path, [1], records, metric="acc", fit={"metric": "seen", "level": 0.99})
+    at_fit = aggregate(path)["settings"][0]["at_fit"]
+    assert at_fit["values"] == [0.1, 0.2, None] and at_fit["steps"] == [10, 20, None]
+    assert at_fit["reached"] == 2 and at_fit["mean"] == pytest.approx(0.15) and at_fit["low"] <= 0.15 <= at_fit["high"]
+    recipe = tmp_path / "bad-fit.yaml"
+    recipe.write_text("sweep:\n  grid:\n    train.lr: [0.003]\n  fit: {metric: seen_exact}\ntask: {name: compositions}\n")
+    with pytest.raises(ConfigError, match="sweep.fit must be"):
+        create_sweep(str(recipe), {}, None, [], root=tmp_path)
+
+
 def test_a_peak_read_sweep_scores_each_run_where_its_other_half_peaks(tmp_path):
     """Synthetic runs that rise to a known peak at step 40 and fall: the peak read recovers its height and step."""
     rng = np.random.default_rng(0)

@@ -106,6 +106,11 @@ def _run_sweep(path: Path) -> None:
     for s in ([] if "optimizer_tuning" in summary else summary["settings"]):
         print(f"{s['label']:<40} final {summary['metric']} {s['final_mean']:.3f} +- {s['final_std']:.3f}   "
               f"reaches {summary['level']} at step {format_interval(s['crossing'])}")
+        if "at_fit" in s:
+            af = s["at_fit"]
+            where = f"{af['metric']} >= {af['level']:g}"
+            value = f"{af['mean']:.3f} [{af['low']:.3f}, {af['high']:.3f}]" if af["mean"] is not None else "none"
+            print(f"{'':<40} where {where}: {value} ({af['reached']}/{af['runs']} runs got there)")
         if "peak" in s:
             pk = s["peak"]
             print(f"{'':<40} at its peak {pk['mean']:.3f} [{pk['low']:.3f}, {pk['high']:.3f}] (median step {pk['median_step']:g})")

@@ -79,7 +79,7 @@ def recipe_sweep(recipe: str) -> dict:
     section = data.get("sweep") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"recipe {recipe!r}: 'sweep' must be a mapping with grid, seeds, metric")
-    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read", "target_loss", "reference")
+    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read", "target_loss", "reference", "fit")
     unknown = [k for k in section if k not in valid]
     if unknown:
         raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: {', '.join(valid)}")
@@ -106,12 +106,15 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     sweep = {"recipe": recipe, "grid": grid, "seeds": seeds, "overrides": list(overrides), "metric": metric,
              "level": float(section.get("level", 0.5)), "ensemble": ensemble,
              "seed_keys": list(section.get("seed_keys", ["train.seed"])), "analysis": section.get("analysis"),
-             "read": section.get("read", "final"), "target_loss": section.get("target_loss"),
+             "read": section.get("read", "final"), "target_loss": section.get("target_loss"), "fit": section.get("fit"),
              "reference": section.get("reference", "adamw")}
     if sweep["analysis"] not in (None, "data_percolation", "optimizer_tuning"):
         raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation, optimizer_tuning")
     if sweep["analysis"] == "optimizer_tuning" and not isinstance(sweep["target_loss"], (int, float)):
         raise ConfigError("sweep.analysis optimizer_tuning needs a number 'sweep.target_loss' (the held-out loss to reach)")
+    fit = sweep["fit"]
+    if fit is not None and not (isinstance(fit, dict) and set(fit) == {"metric", "level"} and isinstance(fit["level"], (int, float))):
+        raise ConfigError("sweep.fit must be {metric: NAME, level: NUMBER} (read each run where NAME first reaches NUMBER)")
     if sweep["read"] not in ("final", "peak"):  # how each run's metric is read (peak: needs its _a/_b halves)
         raise ConfigError(f"bad value {sweep['read']!r} for 'sweep.read'; valid: final, peak")
     sweep["runs"] = plan(grid, seeds)
@@ -293,6 +296,8 @@ def aggregate(path: Path, level: Optional[float] = None) -> dict:
                 s[key] = {k: (v if v == v else None) for k, v in s[key].items()}
     if sweep.get("read") == "peak":
         _add_peak_reads(path, sweep["metric"], settings)
+    if sweep.get("fit"):
+        _add_fit_reads(path, sweep["metric"], sweep["fit"], settings)
     summary = {"recipe": sweep["recipe"], "metric": sweep["metric"], "level": level, "read": sweep.get("read", "final"),
                "failed_runs": failed_runs(path),
                "runs_planned": len(sweep["runs"]), "runs_completed": sum(s["n_seeds"] for s in settings),
@@ -316,6 +321,26 @@ def _add_peak_reads(path: Path, metric: str, settings: list[dict], n_boot: int =
         s["peak"] = {"mean": float(scores.mean()), "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5)),
                      "scores": scores.tolist(), "median_step": float(np.median([r[1] for r in reads[s["label"]]])),
                      "at_last_evaluation": int(sum(r[2] for r in reads[s["label"]]))}
+
+
+def _add_fit_reads(path: Path, metric: str, fit: dict, settings: list[dict], n_boot: int = 2000) -> None:
+    """Each run read at its first evaluation where `fit["metric"]` reaches `fit["level"]` (e.g. the training set
+    fitted: seen_exact >= 0.99); a run that never gets there is censored, its value None, and not averaged."""
+    reads: dict[str, list] = {}
+    for entry, store in completed_runs(path):
+        evaluations = [e for e in store.metrics() if fit["metric"] in e and metric in e]
+        hit = next((e for e in evaluations if e[fit["metric"]] >= fit["level"]), None)
+        reads.setdefault(_setting_key(entry["setting"]), []).append((hit[metric], hit["step"]) if hit else (None, None))
+    rng = np.random.default_rng(0)
+    for s in settings:
+        runs = reads.get(s["label"], [])
+        values = np.array([v for v, _ in runs if v is not None], float)
+        at_fit = {"metric": fit["metric"], "level": fit["level"], "reached": len(values), "runs": len(runs),
+                  "values": [v for v, _ in runs], "steps": [step for _, step in runs], "mean": None, "low": None, "high": None}
+        if len(values):
+            means = values[rng.integers(len(values), size=(n_boot, len(values)))].mean(1)
+            at_fit.update(mean=float(values.mean()), low=float(np.percentile(means, 2.5)), high=float(np.percentile(means, 97.5)))
+        s["at_fit"] = at_fit
 
 
 def _scaling_fit(sweep: dict, groups: dict, level: float, n_boot: int = 500) -> Optional[dict]:

@@ -296,7 +296,7 @@ class Trainer:
         return tqdm(total=c.steps, initial=self.step, disable=disable, unit="step", dynamic_ncols=True, leave=False)
 
     def _should_stop(self) -> bool:
-        """An early stop of `fit`: the held-out loss target reached, or the FLOP cap spent."""
+        """An early stop of `fit` (after step 0): `stop_metric` has reached `stop_at` at this step's evaluation, or the FLOP cap is spent."""
         c = self.cfg
         reached = False
         if c.stop_at is not None and self.last_record.get("step") == self.step:

@@ -200,6 +200,11 @@ def test_displaced_evaluation_is_stratified_by_displaced_slots_for_any_split():
     metrics = task.evaluate(Oracle(task, one_moved), "cpu")
     assert (metrics["displaced_exact_m1"], metrics["displaced_exact_m2"], metrics["displaced_exact_m3"]) == (1.0, 0.0, 0.0)
     assert metrics["displaced_exact"] == pytest.approx(1 / 3)
+    for n_funcs in range(1, 4):  # by non-identity functions: the share of those with one displaced slot
+        pick = [c for c in keys if int(task.n_non_identity(torch.tensor([c]))) == n_funcs]
+        if pick:
+            share = sum(c in one_moved for c in pick) / len(pick)
+            assert metrics[f"displaced_exact_k{n_funcs}"] == pytest.approx(share)
     # the family with exactly m displaced slots: C(3, m) x (2 x 2)^m x 3^(3 - m) = 108, 144, 64; all 64 when asked for more
     crowded = make_task("compositions", **SMALL, eval_displaced=3 * 100).eval_sets()["displaced"]
     assert sorted(task.n_displaced(c) for c in crowded.tolist()).count(3) == 64

@@ -320,7 +320,8 @@ class Compositions(Task):
         Returns `{group}_exact` (all L tokens right) and `{group}_token` (per-token)
         for groups seen / unseen / displaced, `exact_k{k}` over all in-order
         compositions evaluated, by number k of non-identity functions, and
-        `displaced_exact_m{m}` by number m of displaced slots.
+        `displaced_exact_m{m}` by number m of displaced slots and
+        `displaced_exact_k{k}` by k (to read beside `exact_k{k}`).
         """
         groups, docs = self._eval_documents(device)
         L = self.cfg.input_len
@@ -349,6 +350,9 @@ class Compositions(Task):
             moved = torch.tensor([self.n_displaced(c) for c in comps.tolist()])
             for m in moved.unique().tolist():
                 metrics[f"displaced_exact_m{m}"] = exact[lo:hi][moved == m].mean().item()
+            k = self.n_non_identity(comps)  # m and k are confounded: compare displaced_exact_k{k} with exact_k{k}
+            for n_funcs in k.unique().tolist():
+                metrics[f"displaced_exact_k{n_funcs}"] = exact[lo:hi][k == n_funcs].mean().item()
         return metrics
 
     def headline(self, metrics: dict[str, float]) -> dict[str, float]:

@@ -57,7 +57,8 @@ def _records(path: Path) -> list[dict]:
         name = train["optimizer"]
         if name == "spectra" and train.get("spectral_rank_fraction", DEFAULT_RANK) != DEFAULT_RANK:
             name = f"spectra@{train['spectral_rank_fraction']:g}"  # another spike share (0: the rescaling-only control)
-        out.append({"optimizer": name, "lr": float(train["lr"]), "seed": entry["seed"], "run_id": entry["run_id"],
+        # the run's own seed, so a confirmation sweep that sets train.seed in its grid reads as more seeds
+        out.append({"optimizer": name, "lr": float(train["lr"]), "seed": int(train["seed"]), "run_id": entry["run_id"],
                     "diverged": store.info()["status"] == "failed", "evaluations": evaluations})
     return out
 

@@ -20,6 +20,13 @@ TINY_STUDY = [
 ]
 
 
+def _shortcut_rate(length: int, letters: int = 9) -> float:
+    """P(count(b) = count(a) + 1) for `length` letters drawn uniformly from `letters` (a multinomial)."""
+    p, rest = 1 / letters, 1 - 2 / letters
+    return sum(math.factorial(length) / (math.factorial(a) * math.factorial(a + 1) * math.factorial(length - 2 * a - 1))
+               * p ** (2 * a + 1) * rest ** (length - 2 * a - 1) for a in range((length - 1) // 2 + 1))
+
+
 def test_tracr_study_runs_every_stage_and_resumes_without_retraining(tmp_path):
     path = create_study("finetune-tracr", TINY_STUDY, tmp_path)
     summary = run_study(path)
@@ -28,25 +35,81 @@ def test_tracr_study_runs_every_stage_and_resumes_without_retraining(tmp_path):
     assert stages == ["pretrain", "finetune-small-ctr0", "finetune-small-ctr1", "reverse", "scratch", "swapped", "swapped-ft"]
     for stage in study["stages"]:
         assert RunStore(tmp_path / stage["run_id"]).info()["status"] == "completed"
+    (chain,) = summary["chains"]
     # the compiled counter, without noise, counts a exactly and never b (at CTe = 1 it is always one short)
-    assert summary["pretrained"]["count_a"] == 1.0 and summary["pretrained"]["count_b_cte1"] == 0.0
+    assert chain["pretrained"]["count_a"] == 1.0 and chain["pretrained"]["count_b_cte1"] == 0.0
+    # a pure count(a) + 1 wrapper scores the multinomial rate of b = a + 1 at CTe = 0 (0.127 at the recipe's 40 letters)
+    assert abs(chain["natural_shortcut_rate"] - _shortcut_rate(8)) < 0.01
+    assert abs(_shortcut_rate(40) - 0.127) < 5e-4
     fine_tuned = json.loads((tmp_path / study["stages"][1]["run_id"] / "config.json").read_text())
     assert fine_tuned["train"]["init_from"] == study["stages"][0]["run_id"]
     assert fine_tuned["train"]["optimizer"] == "sgd" and fine_tuned["task"]["operand"] == "b"
-    assert [row["k"] for row in summary["pruning"]["curve"]] == [0, 1, 2]
-    assert set(summary["probes"]["finetuned"]) == {"count(a)", "count(b)"}
-    assert len(summary["probes"]["finetuned"]["count(a)"]) == 4  # embeddings + 3 compiled blocks
+    for cell in chain["cells"]:  # every cell is pruned and probed, with its controls
+        pruning = cell["pruning"]
+        assert [row["k"] for row in pruning["curve"]] == [0, 1, 2]
+        assert [row["k"] for row in pruning["random"]] == [row["k"] for row in pruning["pretrained_same_units"]] == [1, 2]
+        assert set(cell["probes"]["accuracy"]) == {"count(a)", "count(b)", "count(c)"}
+        assert len(cell["probes"]["accuracy"]["count(a)"]) == 4  # embeddings + 3 compiled blocks
+    # pruning nothing changes nothing: K = 0 of the pretrained model's own curve is its unpruned accuracy
+    assert chain["pretrained_pruning"][0]["count_a"] == chain["pretrained"]["count_a"]
+    # the compiled counter computes count(a) exactly: a probe after its last block reads it far above the
+    # majority class; an untrained model of the same shape does not
+    probes = chain["probes"]
+    assert probes["pretrained"]["accuracy"]["count(a)"][-1] > probes["pretrained"]["majority"]["count(a)"] + 0.3
+    assert probes["untrained"]["accuracy"]["count(a)"][-1] < probes["pretrained"]["accuracy"]["count(a)"][-1] - 0.2
     # the compiled counting head (block 1) splits the readout's attention between BOS (1/(w+1)) and the
     # w a tokens, so its mass on them is E[w/(w+1)], w ~ Binomial(8, 1/9); nothing goes to b tokens
-    head = next(h for h in summary["attention"]["pretrained"] if h["layer"] == 1)
+    head = next(h for h in chain["attention"]["pretrained"] if h["layer"] == 1)
     expected = sum(math.comb(8, w) * (1 / 9) ** w * (8 / 9) ** (8 - w) * w / (w + 1) for w in range(9))
     assert abs(head["onto_a"] - expected) < 0.05 and head["onto_b"] < 1e-3
-    assert set(summary["revival"]) == {"reverse", "scratch", "swapped-ft"}
-    assert {p.name for p in (path / "figures").iterdir()} >= {"wrapper.png", "pruning.png", "probes.png", "revival.png"}
+    assert set(chain["revival"]) == {"reverse", "scratch", "swapped-ft"}
+    (row,) = [r for r in summary["table"] if r["correlation"] == 1.0]
+    assert row["count_b"]["n"] == 1 and row["count_b"]["interval"] is None  # one seed: no interval
+    assert {p.name for p in (path / "figures").iterdir()} >= {"wrapper.png", "pruning.png", "pruning_gain.png",
+                                                              "probes.png", "revival.png"}
     before = sorted(p.name for p in tmp_path.iterdir())
     again = run_study(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing retrained
-    assert again["grid"] == summary["grid"]
+    assert again["table"] == summary["table"]
+
+
+def test_a_diverging_cell_is_a_result_and_the_study_goes_on(tmp_path):
+    overrides = [o for o in TINY_STUDY if not o.startswith(("study.lr_names", "study.learning_rates"))]
+    overrides += ["study.lr_names=[huge,small]", "study.learning_rates=[1.0e+6,0.001]", "study.correlations=[1.0]"]
+    path = create_study("finetune-tracr", overrides, tmp_path)
+    summary = run_study(path)
+    huge, small = summary["chains"][0]["cells"]
+    assert huge["diverged"] and huge["count_b"] is None and "pruning" not in huge
+    assert not small["diverged"] and "pruning" in small
+    assert [row["diverged"] for row in summary["table"]] == [1, 0]
+    assert summary["table"][0]["count_b"]["n"] == 0
+    assert run_study(path)["table"] == summary["table"]  # the diverged run is kept, not retrained
+
+
+def test_seeded_study_plans_one_chain_per_seed(tmp_path):
+    from caplab.finetune_study import plan
+
+    name, _, sections, cfg = load_study("finetune-tracr", TINY_STUDY + ["study.seeds=2"])
+    stages = plan(name, sections, cfg)
+    assert [s["stage"] for s in stages if s["base"] == "pretrain"] == ["pretrain-s0", "pretrain-s1"]
+    reverse = next(s for s in stages if s["stage"] == "reverse-s1")
+    assert reverse["init_from"] == "finetune-small-ctr1-s1" and reverse["recipe"]["train"]["seed"] == 1
+    assert all(s["recipe"]["train"]["seed"] == s["seed"] for s in stages)
+    with pytest.raises(ConfigError, match="priors"):
+        plan(name, sections, load_study("finetune-tracr", TINY_STUDY + ["study.priors=[low]"])[3])
+
+
+def test_table_means_and_intervals_over_seeds():
+    from caplab.finetune_study import FinetuneStudyConfig, _table
+
+    cfg = FinetuneStudyConfig(lr_names=["m"], learning_rates=[1e-3], correlations=[1.0], focus_lr="m")
+    chains = [{"prior": "low", "cells": [{"lr_name": "m", "lr": 1e-3, "correlation": 1.0, "count_b": v,
+                                          "count_b_cte1": 1.0, "count_a": 0.5}]} for v in (0.1, 0.2, 0.3)]
+    (row,) = _table(chains, cfg)
+    assert row["count_b"]["mean"] == pytest.approx(0.2) and row["count_b"]["n"] == 3
+    low, high = row["count_b"]["interval"]
+    assert 0.1 <= low < 0.2 < high <= 0.3
+    assert row["count_b_cte1"]["interval"] == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -146,15 +146,22 @@ def _run_study(path: Path) -> None:
 
     print(f"caplab study: {path}", file=sys.stderr)
     s = run_study(path)
+    from caplab.runs.finetune_report import cell_text
+
     src, tgt = s["source_metric"], s["target_metric"]
-    for row in s["grid"]:
-        print(f"lr {row['lr_name']:<7} CTr {row['correlation']:<4g} {tgt} {row[tgt]:.3f} (CTe 0) "
-              f"{row.get(tgt + '_cte1') or 0:.3f} (CTe 1)   {src} {row[src]:.3f}")
-    curve = s["pruning"]["curve"]
-    print(f"pruning {s['pruning']['best_k']} {s['pruning']['granularity']}s: {src} {curve[0][src]:.3f} -> "
-          f"{curve[s['pruning']['best_k']][src]:.3f}")
-    for stage, revival in s["revival"].items():
-        print(f"{stage:<11} reaches {src} {revival['reach']} at step {revival['steps_to_reach']} (final {revival['final']:.3f})")
+    print(f"mean [95% interval] over {s['seeds']} seed(s)")
+    for row in s["table"]:
+        prior = f"prior {row['prior']} " if row["prior"] else ""
+        line = (f"{prior}lr {row['lr_name']:<7} CTr {row['correlation']:<4g} {tgt} {cell_text(row[tgt])} (CTe 0) "
+                f"{cell_text(row[tgt + '_cte1'])} (CTe 1)   {src} {cell_text(row[src])}")
+        if "pruning_gain" in row:
+            line += (f"   pruning {src} {cell_text(row['pruning_gain'])} (random units {cell_text(row['pruning_gain_random'])},"
+                     f" same units pretrained {cell_text(row['pruning_gain_pretrained'])})")
+        print(line)
+    for prior, base in s["baselines"].items():
+        steps = ", ".join(f"{stage} {values}" for stage, values in base["revival_steps"].items())
+        print(f"prior {prior}: count(b) = count(a) + 1 by itself in {cell_text(base['natural_shortcut_rate'])}; "
+              f"steps to {src} >= {s['reach']}: {steps}")
     print(path)
 
 

@@ -10,13 +10,20 @@ One study chains catalogued runs and then dissects them:
     swapped, swapped-ft    pretraining with the operand roles swapped (`swapped:` changes, or the program
                            compiled for the other letter), then the reverse training from it (Scr.+FT)
 
-then, on the focus cell (`study.focus_lr`, `study.focus_correlation`): pruning by theta x grad of the
-pretraining capability's loss (accuracy of both capabilities against the number of units pruned), linear
-probes of both counts after every block, and attention from the readout position onto the two operands.
+That chain runs once per (prior, seed) of `study.priors` x `study.seeds` (stage names then end in
+-<prior>-s<seed>). On every cell (`study.instruments: all`; or only the focus cell, `study.focus_lr`,
+`study.focus_correlation`): pruning by theta x grad of the pretraining capability's loss (accuracy of both
+capabilities against the number of units pruned) with two controls (as many random units; the same units
+zeroed in the pretrained model), and linear probes of count(a), count(b) and count(c) after every block
+against the majority-class rate. Per chain: the same pruning procedure and the probes on the pretrained
+model, the probes on an untrained model of the same shape, how often count(b) = count(a) + 1 holds without
+any shortcut made (the score of a pure wrapper at CTe = 0), the focus cell's attention from the readout
+position onto the two operands, and the revival speeds.
 
     <runs root>/studies/<study id>/
         study.json    the recipe, resolved, and the run id of every stage (reserved before the run starts)
-        summary.json  the grid (target accuracy at CTe 0 and 1), pruning, probes, attention, revival speeds
+        summary.json  `table` (per prior, lr and CTr: mean and 95% bootstrap interval over seeds),
+                      `baselines` (per prior), `chains` (every number of every chain)
         figures/, report.html
 
 An interrupted study continues with `caplab resume <study id>`: finished runs are kept, a run that
@@ -37,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from caplab.config import ExperimentConfig, build_dataclass, load_recipe, merge_recipe, resolve, set_key
-from caplab.errors import ConfigError
+from caplab.errors import ConfigError, TrainingDiverged
 from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json, runs_root
 
 SECTIONS = ("pretrain", "finetune", "reverse", "swapped")
@@ -48,17 +55,23 @@ class FinetuneStudyConfig:
     lr_names: list[str] = field(default_factory=lambda: ["large", "medium", "small"])
     learning_rates: list[float] = field(default_factory=lambda: [1e-3, 1e-4, 1e-5])  # fine-tuning lr of each name
     correlations: list[float] = field(default_factory=lambda: [0.0, 1.0])  # CTr values
-    focus_lr: str = "medium"  # the cell the instruments dissect
+    focus_lr: str = "medium"  # the cell reverse fine-tuning starts from, and whose attention is read
     focus_correlation: float = 1.0
     source_metric: str = "count_a"  # the pretraining capability
     target_metric: str = "count_b"  # the fine-tuning capability
     prune_granularity: Literal["row", "head", "weight"] = "row"
     prune_max: int = 15  # K = 0..prune_max units
+    control_ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 15])  # K of the pruning controls (<= prune_max)
+    random_prune_draws: int = 3  # draws of the random-units pruning control, averaged
     probe_samples: int = 2048
     probe_steps: int = 300
     reach: float = 0.9  # revival speed: the first evaluated step where source_metric reaches this
     compiled: Optional[Literal["counter"]] = None  # the pretrained model is this compiled RASP program
     noise: float = 1e-3  # densifying noise (std) of the compiled weights
+    seeds: int = 1  # the whole chain once per seed (train.seed 0..seeds-1); 1: the recipe's own seed
+    priors: list[str] = field(default_factory=list)  # pretraining operand priors, one chain each ([]: the recipe's)
+    instruments: Literal["all", "focus"] = "all"  # the cells pruned and probed
+    shortcut_samples: int = 20000  # windows drawn to measure how often count(b) = count(a) + 1 by itself
 
     def __post_init__(self) -> None:
         if len(self.lr_names) != len(self.learning_rates) or not self.lr_names:
@@ -68,6 +81,15 @@ class FinetuneStudyConfig:
                              f"({self.lr_names} x {self.correlations})")
         if self.prune_max < 1 or self.probe_samples < 8 or self.probe_steps < 1:
             raise ValueError("study.prune_max, probe_samples and probe_steps must be positive (probe_samples >= 8)")
+        if self.seeds < 1 or self.random_prune_draws < 1 or self.shortcut_samples < 1:
+            raise ValueError("study.seeds, random_prune_draws and shortcut_samples must be at least 1")
+        if len(set(self.priors)) != len(self.priors):
+            raise ValueError(f"study.priors has a repeated prior: {self.priors}")
+
+    @property
+    def groups(self) -> list[tuple[Optional[str], Optional[int]]]:
+        """(prior, seed) of every chain: None where the recipe's own is kept."""
+        return [(prior, seed if self.seeds > 1 else None) for prior in (self.priors or [None]) for seed in range(self.seeds)]
 
 
 def load_study(recipe: str, overrides: list[str] = ()) -> tuple[str, str, dict, FinetuneStudyConfig]:
@@ -105,31 +127,56 @@ def _cell(lr_name: str, correlation: float) -> str:
     return f"finetune-{lr_name}-ctr{correlation:g}"
 
 
+def _suffix(prior: Optional[str], seed: Optional[int]) -> str:
+    return "".join(f"-{part}" for part in (prior, None if seed is None else f"s{seed}") if part is not None)
+
+
 def plan(name: str, sections: dict, cfg: FinetuneStudyConfig) -> list[dict]:
-    """Every stage: {"stage", "recipe" (a training recipe dict), "init_from" (a stage or None), "compile"}."""
-    pretrain = copy.deepcopy(sections["pretrain"])
-    compiled_model = None
-    if cfg.compiled:
-        compiled_model = _compile(cfg.compiled, pretrain, "a").model.cfg.to_dict()
-        pretrain["model"] = compiled_model
-    stages = [{"stage": "pretrain", "recipe": pretrain, "init_from": None, "compile": "a" if cfg.compiled else None}]
-    finetune = merge_recipe(pretrain, sections["finetune"])
-    for lr_name, lr in zip(cfg.lr_names, cfg.learning_rates):
-        for correlation in cfg.correlations:
-            recipe = merge_recipe(finetune, {"task": {"correlation": correlation}, "train": {"lr": lr, "min_lr": lr / 100}})
-            stages.append({"stage": _cell(lr_name, correlation), "recipe": recipe, "init_from": "pretrain", "compile": None})
-    reverse = merge_recipe(pretrain, sections["reverse"])
-    focus = _cell(cfg.focus_lr, cfg.focus_correlation)
-    stages.append({"stage": "reverse", "recipe": reverse, "init_from": focus, "compile": None})
-    stages.append({"stage": "scratch", "recipe": reverse, "init_from": None, "compile": None})
-    if cfg.compiled or sections["swapped"]:
-        swapped = merge_recipe(pretrain, sections["swapped"])
-        stages.append({"stage": "swapped", "recipe": swapped, "init_from": None, "compile": "b" if cfg.compiled else None})
-        stages.append({"stage": "swapped-ft", "recipe": reverse, "init_from": "swapped", "compile": None})
+    """Every stage: {"stage" (unique), "base", "prior", "seed", "recipe", "init_from" (a stage or None), "compile"}.
+
+    One chain of stages per (prior, seed) of `cfg.groups`; with one seed and no priors the stage names are the
+    bare base names (pretrain, finetune-medium-ctr1, ...), otherwise they end in -<prior>-s<seed>.
+    """
+    if cfg.priors and (cfg.compiled or sections["pretrain"].get("task", {}).get("name") != "pcfg_counting"):
+        raise ConfigError("study.priors needs a pcfg_counting pretraining (operand priors belong to that task)")
+    stages = []
+    for prior, seed in cfg.groups:
+        stages += _chain(sections, cfg, prior, seed)
     for stage in stages:
         stage["recipe"] = {**stage["recipe"], "recipe": f"{name}.{stage['stage']}",
                            "description": f"stage {stage['stage']} of the fine-tuning study {name}"}
         stage["run_id"] = None
+    return stages
+
+
+def _chain(sections: dict, cfg: FinetuneStudyConfig, prior: Optional[str], seed: Optional[int]) -> list[dict]:
+    pretrain = copy.deepcopy(sections["pretrain"])
+    if prior is not None:
+        pretrain = set_key(pretrain, "task.operand_prior", prior)
+    if seed is not None:
+        pretrain = set_key(pretrain, "train.seed", seed)
+    if cfg.compiled:
+        pretrain["model"] = _compile(cfg.compiled, pretrain, "a").model.cfg.to_dict()
+    suffix = _suffix(prior, seed)
+    stages = []
+
+    def add(base: str, recipe: dict, init_from: Optional[str], compile_for: Optional[str] = None) -> None:
+        stages.append({"stage": base + suffix, "base": base, "prior": prior, "seed": seed, "recipe": recipe,
+                       "init_from": None if init_from is None else init_from + suffix, "compile": compile_for})
+
+    add("pretrain", pretrain, None, "a" if cfg.compiled else None)
+    finetune = merge_recipe(pretrain, sections["finetune"])
+    for lr_name, lr in zip(cfg.lr_names, cfg.learning_rates):
+        for correlation in cfg.correlations:
+            add(_cell(lr_name, correlation),
+                merge_recipe(finetune, {"task": {"correlation": correlation}, "train": {"lr": lr, "min_lr": lr / 100}}),
+                "pretrain")
+    reverse = merge_recipe(pretrain, sections["reverse"])
+    add("reverse", reverse, _cell(cfg.focus_lr, cfg.focus_correlation))
+    add("scratch", reverse, None)
+    if cfg.compiled or sections["swapped"]:
+        add("swapped", merge_recipe(pretrain, sections["swapped"]), None, "b" if cfg.compiled else None)
+        add("swapped-ft", reverse, "swapped")
     return stages
 
 
@@ -189,8 +236,18 @@ def run_study(path: Path) -> dict:
             atomic_write_json(path / "study.json", study)
         experiment = _experiment(stage, run_ids)
         fill = functools.partial(_record_compiled, experiment=experiment, stage=stage, cfg=cfg) if stage["compile"] else None
-        complete_reserved_run(experiment, runs_dir, stage["run_id"],
-                              lambda how: print(f"caplab study: {label}: {how} {stage['run_id']}", file=sys.stderr), fill)
+        # a fine-tuning cell that diverges is a result (that learning rate is too large), unless a later stage needs it
+        may_diverge = _may_diverge(stage, cfg)
+        if may_diverge and _status(runs_dir, stage["run_id"]) == "failed":
+            print(f"caplab study: {label}: kept as diverged; `caplab resume {stage['run_id']}` retries it", file=sys.stderr)
+            continue
+        try:
+            complete_reserved_run(experiment, runs_dir, stage["run_id"],
+                                  lambda how: print(f"caplab study: {label}: {how} {stage['run_id']}", file=sys.stderr), fill)
+        except TrainingDiverged as exc:
+            if not may_diverge:
+                raise
+            print(f"caplab study: {label}: diverged: {exc}", file=sys.stderr)
     print("caplab study: instruments (pruning, probes, attention)", file=sys.stderr)
     summary = analyse(study, cfg, runs_dir)
     atomic_write_json(path / "summary.json", summary)
@@ -198,6 +255,15 @@ def run_study(path: Path) -> dict:
 
     write_finetune_report(path, summary)
     return summary
+
+
+def _may_diverge(stage: dict, cfg: FinetuneStudyConfig) -> bool:
+    base = stage.get("base", stage["stage"])
+    return base.startswith("finetune-") and base != _cell(cfg.focus_lr, cfg.focus_correlation)
+
+
+def _status(runs_dir: Path, run_id: str) -> Optional[str]:
+    return RunStore(runs_dir / run_id).info()["status"] if (runs_dir / run_id / "run.json").is_file() else None
 
 
 def _record_compiled(store: RunStore, experiment: ExperimentConfig, stage: dict, cfg: FinetuneStudyConfig) -> None:
@@ -213,44 +279,129 @@ def _record_compiled(store: RunStore, experiment: ExperimentConfig, stage: dict,
 
 
 def analyse(study: dict, cfg: FinetuneStudyConfig, runs_dir: Path) -> dict:
-    """The study's numbers from its finished runs (see module docstring)."""
+    """The study's numbers from its finished runs (see module docstring): every chain, then the table over seeds."""
+    stages = study["stages"]
+    chains = []
+    for prior, seed in dict.fromkeys((s.get("prior"), s.get("seed")) for s in stages):
+        chain = {s.get("base", s["stage"]): s for s in stages if (s.get("prior"), s.get("seed")) == (prior, seed)}
+        chains.append(_analyse_chain(chain, prior, seed, cfg, runs_dir))
+    src, tgt = cfg.source_metric, cfg.target_metric
+    summary = {
+        "recipe": study["recipe"], "source_metric": src, "target_metric": tgt, "reach": cfg.reach,
+        "seeds": cfg.seeds, "priors": cfg.priors, "instruments": cfg.instruments,
+        "focus": _cell(cfg.focus_lr, cfg.focus_correlation),
+        "runs": {s["stage"]: s["run_id"] for s in stages},
+        "table": _table(chains, cfg),
+        "baselines": _baselines(chains, cfg),
+        "chains": chains,
+    }
+    return summary
+
+
+def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: FinetuneStudyConfig,
+                   runs_dir: Path) -> dict:
+    """Grid, instruments and revival of one (prior, seed) chain of stages, keyed by base stage name."""
     from caplab.experiment import load_model
 
-    ids = {s["stage"]: s["run_id"] for s in study["stages"]}
-    final = {stage: RunStore(runs_dir / run_id).metrics()[-1] for stage, run_id in ids.items()}
     src, tgt = cfg.source_metric, cfg.target_metric
-    grid = []
+    ids = {base: stage["run_id"] for base, stage in chain.items()}
+    final = {base: (RunStore(runs_dir / run_id).metrics() or [{}])[-1] for base, run_id in ids.items()}
+    focus = _cell(cfg.focus_lr, cfg.focus_correlation)
+    pretrained, pretrain_cfg = load_model(ids["pretrain"], root=runs_dir)
+    _, focus_cfg = load_model(ids[focus], root=runs_dir)
+    # the fine-tuning inputs without the shortcut (CTe = 0), and the pretraining capability's inputs
+    target_task = dataclasses.replace(focus_cfg, task={**focus_cfg.task, "correlation": 0.0, "eval_correlations": [0.0]}).make_task()
+    source_task = _experiment(chain["reverse"], {stage["stage"]: stage["run_id"] for stage in chain.values()}).make_task()
+    torch.manual_seed(pretrain_cfg.train.seed + 1)
+    untrained = type(pretrained)(pretrained.cfg).eval()  # same shape, never trained: the probes' floor
+    pretrained_scores = _scores(pretrained, source_task, cfg)
+    out = {
+        "prior": prior, "seed": seed,
+        "runs": {chain[base]["stage"]: run_id for base, run_id in ids.items()},
+        # how often count(b) = count(a) + 1 holds by itself: what a pure count(a) + 1 wrapper scores at CTe = 0
+        "natural_shortcut_rate": _natural_rate(target_task, cfg.shortcut_samples),
+        "pretrained": {k: v for k, v in focus_cfg.make_task().evaluate(pretrained, torch.device("cpu")).items()
+                       if k.split("_cte")[0] in (src, tgt)},
+        # the same pruning procedure on the model before fine-tuning: what pruning does where there is no wrapper
+        "pretrained_pruning": _curve(pretrained, pretrained_scores, range(cfg.prune_max + 1), target_task, cfg),
+        "probes": {"pretrained": _probes(pretrained, target_task, cfg), "untrained": _probes(untrained, target_task, cfg)},
+        "attention": {"pretrained": _attention(pretrained, target_task)},
+        "cells": [],
+        "revival": {base: _revival(RunStore(runs_dir / ids[base]).metrics(), src, cfg.reach)
+                    for base in ("reverse", "scratch", "swapped-ft") if base in ids},
+    }
     for lr_name, lr in zip(cfg.lr_names, cfg.learning_rates):
         for correlation in cfg.correlations:
-            record = final[_cell(lr_name, correlation)]
-            grid.append({"lr_name": lr_name, "lr": lr, "correlation": correlation,
-                         **{k: record.get(k) for k in (tgt, f"{tgt}_cte1", src, f"{src}_cte1")}})
-    focus = _cell(cfg.focus_lr, cfg.focus_correlation)
-    pretrained, _ = load_model(ids["pretrain"], root=runs_dir)
-    tuned, tuned_cfg = load_model(ids[focus], root=runs_dir)
-    reverse_cfg = _experiment(next(s for s in study["stages"] if s["stage"] == "reverse"), ids)
-    target_task = dataclasses.replace(tuned_cfg, task={**tuned_cfg.task, "correlation": 0.0, "eval_correlations": [0.0]}).make_task()
-    source_task = reverse_cfg.make_task()
-    summary = {
-        "recipe": study["recipe"],
-        "source_metric": src, "target_metric": tgt, "reach": cfg.reach,
-        "runs": ids,
-        # the pretrained model on the fine-tuning task's evaluation (both CTe values)
-        "pretrained": {k: v for k, v in tuned_cfg.make_task().evaluate(pretrained, torch.device("cpu")).items()
-                       if k.split("_cte")[0] in (src, tgt)},
-        "grid": grid,
-        "focus": {"stage": focus, "lr_name": cfg.focus_lr, "correlation": cfg.focus_correlation,
-                  **{k: final[focus].get(k) for k in (tgt, f"{tgt}_cte1", src)}},
-        "pruning": _pruning(tuned, source_task, target_task, cfg),
-        "probes": {"pretrained": _probes(pretrained, target_task, cfg), "finetuned": _probes(tuned, target_task, cfg)},
-        "attention": {"pretrained": _attention(pretrained, target_task), "finetuned": _attention(tuned, target_task)},
-        "revival": {stage: _revival(RunStore(runs_dir / ids[stage]).metrics(), src, cfg.reach)
-                    for stage in ("reverse", "scratch", "swapped-ft") if stage in ids},
-    }
-    curve = summary["pruning"]["curve"]
-    summary["pruning"]["best_k"] = max(curve, key=lambda row: row[src])["k"]
-    summary["pruning"]["source_gain"] = max(row[src] for row in curve) - curve[0][src]
-    return summary
+            base = _cell(lr_name, correlation)
+            diverged = _status(runs_dir, ids[base]) == "failed"
+            record = {} if diverged else final[base]
+            cell = {"stage": chain[base]["stage"], "base": base, "lr_name": lr_name, "lr": lr, "correlation": correlation,
+                    "diverged": diverged, **{k: record.get(k) for k in (tgt, f"{tgt}_cte1", src, f"{src}_cte1")}}
+            if not diverged and (cfg.instruments == "all" or base == focus):
+                tuned, _ = load_model(ids[base], root=runs_dir)
+                cell["pruning"] = _pruning(tuned, pretrained, source_task, target_task, cfg)
+                cell["probes"] = _probes(tuned, target_task, cfg)
+                if base == focus:
+                    out["attention"]["finetuned"] = _attention(tuned, target_task)
+            out["cells"].append(cell)
+    return out
+
+
+def _mean_interval(values: list, n_boot: int = 2000) -> dict:
+    """Mean and 95% percentile-bootstrap interval over seeds (interval None with fewer than 2 values)."""
+    import numpy as np
+
+    values = np.asarray([v for v in values if v is not None], float)
+    if not len(values):
+        return {"mean": None, "interval": None, "n": 0}
+    interval = None
+    if len(values) > 1:
+        means = values[np.random.default_rng(0).integers(len(values), size=(n_boot, len(values)))].mean(1)
+        interval = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    return {"mean": float(values.mean()), "interval": interval, "n": int(len(values))}
+
+
+def _table(chains: list[dict], cfg: FinetuneStudyConfig) -> list[dict]:
+    """One row per (prior, lr, CTr): each number as mean and interval over the seeds of that prior."""
+    src, tgt = cfg.source_metric, cfg.target_metric
+    rows = []
+    for prior in dict.fromkeys(c["prior"] for c in chains):
+        mine = [c for c in chains if c["prior"] == prior]
+        for i, first in enumerate(mine[0]["cells"]):
+            cells = [c["cells"][i] for c in mine]
+            row = {"prior": prior, "lr_name": first["lr_name"], "lr": first["lr"], "correlation": first["correlation"],
+                   "diverged": sum(bool(c.get("diverged")) for c in cells),
+                   **{k: _mean_interval([c.get(k) for c in cells]) for k in (tgt, f"{tgt}_cte1", src)}}
+            pruned = [c["pruning"] for c in cells if "pruning" in c]
+            if pruned:
+                row["pruning_gain"] = _mean_interval([p["gain"] for p in pruned])
+                row["pruning_gain_random"] = _mean_interval([p["gain_random"] for p in pruned])
+                row["pruning_gain_pretrained"] = _mean_interval([p["gain_pretrained_same_units"] for p in pruned])
+                last = [c["probes"] for c in cells if "probes" in c]
+                row["probe_last"] = {label: _mean_interval([p["accuracy"][label][-1] for p in last])
+                                     for label in last[0]["accuracy"]}
+                row["probe_majority"] = {label: _mean_interval([p["majority"][label] for p in last])
+                                         for label in last[0]["majority"]}
+            rows.append(row)
+    return rows
+
+
+def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
+    """Per prior, over seeds: the pretrained model, its probes, the untrained model's probes, the natural rate."""
+    out = {}
+    for prior in dict.fromkeys(c["prior"] for c in chains):
+        mine = [c for c in chains if c["prior"] == prior]
+        out[str(prior)] = {
+            "natural_shortcut_rate": _mean_interval([c["natural_shortcut_rate"] for c in mine]),
+            "pretrained": {k: _mean_interval([c["pretrained"].get(k) for c in mine]) for k in mine[0]["pretrained"]},
+            **{f"probe_last_{model}": {label: _mean_interval([c["probes"][model]["accuracy"][label][-1] for c in mine])
+                                       for label in mine[0]["probes"][model]["accuracy"]}
+               for model in ("pretrained", "untrained")},
+            "probe_majority": {label: _mean_interval([c["probes"]["pretrained"]["majority"][label] for c in mine])
+                               for label in mine[0]["probes"]["pretrained"]["majority"]},
+            "revival_steps": {base: [c["revival"][base]["steps_to_reach"] for c in mine] for base in mine[0]["revival"]},
+        }
+    return out
 
 
 def _masked_loss(model, batch) -> torch.Tensor:
@@ -260,26 +411,73 @@ def _masked_loss(model, batch) -> torch.Tensor:
     return (per_token * mask).sum() / mask.sum()
 
 
-def _pruning(model, source_task, target_task, cfg: FinetuneStudyConfig) -> dict:
-    """Accuracy of both capabilities with the top-K theta x grad units (for the source loss) zeroed."""
-    from caplab.analysis.pruning import pruning_curve, unit_scores
+def _scores(model, source_task, cfg: FinetuneStudyConfig):
+    """theta x grad of the pretraining capability's loss on one fixed batch, per unit."""
+    from caplab.analysis.pruning import unit_scores
 
     batch = source_task.sample(256, torch.Generator().manual_seed(1234), torch.device("cpu"))
-    scores = unit_scores(model, lambda m: _masked_loss(m, batch), cfg.prune_granularity)
+    return unit_scores(model, lambda m: _masked_loss(m, batch), cfg.prune_granularity)
+
+
+def _evaluate(model, target_task, cfg: FinetuneStudyConfig) -> dict:
     keep = (cfg.source_metric, cfg.target_metric)
-    evaluate = lambda m: {k: v for k, v in target_task.evaluate(m, torch.device("cpu")).items() if k in keep}  # noqa: E731
-    curve = pruning_curve(model, scores, range(cfg.prune_max + 1), evaluate)
+    return {k: v for k, v in target_task.evaluate(model, torch.device("cpu")).items() if k in keep}
+
+
+def _curve(model, scores, ks, target_task, cfg: FinetuneStudyConfig) -> list[dict]:
+    from caplab.analysis.pruning import pruning_curve
+
+    return [{"k": k, **v} for k, v in pruning_curve(model, scores, ks, lambda m: _evaluate(m, target_task, cfg)).items()]
+
+
+def _pruning(tuned, pretrained, source_task, target_task, cfg: FinetuneStudyConfig) -> dict:
+    """Both capabilities with the top-K theta x grad units (for the source loss) of the fine-tuned model zeroed,
+    against two controls at `control_ks` and the best K: as many units drawn at random (mean of
+    `random_prune_draws` draws), and the same units zeroed in the pretrained model (do they carry the
+    capability itself, or only what fine-tuning changed?)."""
+    from caplab.analysis.pruning import prune
+
+    src = cfg.source_metric
+    scores = _scores(tuned, source_task, cfg)
+    curve = _curve(tuned, scores, range(cfg.prune_max + 1), target_task, cfg)
+    best = max(curve, key=lambda row: row[src])["k"]
+    ks = sorted({k for k in cfg.control_ks if 1 <= k <= cfg.prune_max} | ({best} if best > 0 else set()))
+    generator = torch.Generator().manual_seed(4321)
+    random_rows, same_rows = [], []
+    for k in ks:
+        draws = [_evaluate(prune(tuned, [scores.units[i] for i in torch.randperm(len(scores.units), generator=generator)[:k].tolist()],
+                                 scores.granularity).eval(), target_task, cfg) for _ in range(cfg.random_prune_draws)]
+        random_rows.append({"k": k, **{key: sum(d[key] for d in draws) / len(draws) for key in draws[0]}})
+        same_rows.append({"k": k, **_evaluate(prune(pretrained, scores.top(k), scores.granularity).eval(), target_task, cfg)})
+    at = lambda rows: next(row[src] for row in rows if row["k"] == best)  # noqa: E731
+    untouched = _evaluate(pretrained, target_task, cfg)[src]
     return {"granularity": cfg.prune_granularity, "units": [f"{n}[{i}]" for n, i in scores.top(cfg.prune_max)],
-            "curve": [{"k": k, **v} for k, v in curve.items()]}
+            "curve": curve, "best_k": best,
+            # the gain of the source capability at the best K, and what each control does at that K
+            "gain": curve[best][src] - curve[0][src],
+            "gain_random": (at(random_rows) - curve[0][src]) if best > 0 else 0.0,
+            "gain_pretrained_same_units": (at(same_rows) - untouched) if best > 0 else 0.0,
+            "random": random_rows, "pretrained_same_units": same_rows}
 
 
 def _probes(model, task, cfg: FinetuneStudyConfig) -> dict:
-    """Held-out accuracy, per layer, of linear probes for both counts at the readout of target-task inputs."""
+    """Held-out accuracy, per layer, of linear probes for count(a), count(b) and count(c) at the readout of
+    fine-tuning inputs, and the majority-class accuracy of each label (what a probe learns from the label alone)."""
     from caplab.analysis.probes import probe_accuracy_by_layer
 
     tokens, positions, counts, _ = task.probe_set(cfg.probe_samples, torch.Generator().manual_seed(99), torch.device("cpu"))
-    return {f"count({letter})": probe_accuracy_by_layer(model, tokens, positions, labels, steps=cfg.probe_steps)
-            for letter, labels in counts.items()}
+    cut = int(0.75 * len(tokens))  # probe_accuracy_by_layer's split
+    accuracy, majority = {}, {}
+    for letter, labels in counts.items():
+        accuracy[f"count({letter})"] = probe_accuracy_by_layer(model, tokens, positions, labels, steps=cfg.probe_steps)
+        majority[f"count({letter})"] = (labels[cut:] == torch.mode(labels[:cut]).values).float().mean().item()
+    return {"accuracy": accuracy, "majority": majority}
+
+
+def _natural_rate(task, n: int) -> float:
+    """Share of fine-tuning inputs (no shortcut made) in which count(b) = count(a) + 1 anyway."""
+    _, _, counts, _ = task.probe_set(n, torch.Generator().manual_seed(7), torch.device("cpu"))
+    return (counts["b"] == counts["a"] + 1).float().mean().item()
 
 
 def _attention(model, task) -> list[dict]:

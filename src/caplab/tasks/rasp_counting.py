@@ -135,10 +135,10 @@ class RaspCounting(Task):
         return metrics
 
     def probe_set(self, n: int, generator, device) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
-        """(tokens, readout positions, {"a": count(a), "b": count(b)}, {"a": token id, "b": token id}) at CTe = 0."""
+        """(tokens, readout positions, {"a", "b", "c": count of that letter}, {"a": token id, "b": token id}) at CTe = 0."""
         text = self.draw(n, generator, device, 0.0)
         tokens, _ = self.encode(text, self.letter(self.cfg.operand))
-        counts = {name: (text == self.letter(name)).sum(1) for name in ("a", "b")}
+        counts = {name: (text == self.letter(name)).sum(1) for name in ("a", "b", "c")}
         ids = {name: self.letter_offset + self.letter(name) for name in ("a", "b")}
         return tokens, torch.full((n,), READOUT, device=device), counts, ids
 

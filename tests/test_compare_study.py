@@ -59,7 +59,11 @@ def test_seeded_comparison_stops_at_the_target_and_freezes_what_mat_froze(tmp_pa
         "variants:\n  full: {}\n"
         "  mat: {train: {mat_every: 5, mat_rule: quantile, mat_alpha: 0.5, mat_probe: 4}}\n"
         "  frozen: {train: {mat_every: 5, mat_rule: fixed}, match_frozen: mat}\n"
-        "  random: {train: {mat_every: 5, mat_rule: random_static, mat_probe: 4}, match_active_fraction: mat}\n")
+        "  random: {train: {mat_every: 5, mat_rule: random_static, mat_probe: 4}, match_active_fraction: mat}\n"
+        "  frozen-most: {train: {mat_every: 5, mat_rule: fixed}, match_frozen_most: mat}\n"
+        "  random-params: {train: {mat_every: 5, mat_rule: random_static, mat_share: parameters},"
+        " match_active_fraction: mat}\n"
+        "read_targets: [3.0, 2.5]\n")
     path = create_compare(str(recipe), [], tmp_path)
     summary = run_compare(path)
     runs = json.loads((path / "study.json").read_text())["runs"]
@@ -72,10 +76,16 @@ def test_seeded_comparison_stops_at_the_target_and_freezes_what_mat_froze(tmp_pa
         assert summary["frozen_at_end"]["frozen"][seed] == summary["frozen_at_end"]["mat"][seed]  # and kept them frozen
         mat_share = [r["mat_active_fraction"] for r in _metrics(tmp_path / runs["mat"][seed])]
         assert configs["random"]["train"]["mat_alpha"] == pytest.approx(sum(mat_share) / len(mat_share))
+        param_share = [r["mat_active_params"] for r in _metrics(tmp_path / runs["mat"][seed])]
+        assert configs["random-params"]["train"]["mat_alpha"] == pytest.approx(sum(param_share) / len(param_share))
+        assert configs["frozen-most"]["train"]["mat_frozen"] == summary["frozen_most"]["mat"][seed]
         for v in runs:  # a run ends at its first evaluation at or below the target, or at the step budget
             losses = [(r["step"], r["eval_loss"]) for r in _metrics(tmp_path / runs[v][seed])]
             assert all(loss > 2.5 for step, loss in losses[1:-1]) and (losses[-1][1] <= 2.5 or losses[-1][0] == 30)
     assert summary["variants"]["full"]["flops_saving"] in (0.0, None)
+    # the targets read afterwards: 2.5 is the stop target, so there it agrees with the main reading
+    assert set(summary["at_targets"]) == {"3", "2.5"}
+    assert summary["at_targets"]["2.5"]["mat"]["reach_flops_per_seed"] == summary["variants"]["mat"]["reach_flops_per_seed"]
     before = sorted(p.name for p in tmp_path.iterdir())
     assert run_compare(path)["variants"]["mat"]["flops"] == summary["variants"]["mat"]["flops"]  # resumed: nothing retrained
     assert sorted(p.name for p in tmp_path.iterdir()) == before

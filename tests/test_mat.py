@@ -21,6 +21,11 @@ def test_rules_closed_forms():
     assert select_active("mean", 0.0, lambdas, [], g) == ["a", "b", "c", "d"]
     assert select_active("quantile", 0.75, lambdas, [], g) == ["d"]
     assert len(select_active("random", 0.5, lambdas, [], g)) == 2
+    # a share of parameters: with d holding 97% of them, 0.97 is met only with d in the active set
+    sizes = {"a": 1, "b": 1, "c": 1, "d": 97}
+    for seed in range(5):
+        active = select_active("random", 0.97, lambdas, [], torch.Generator().manual_seed(seed), sizes)
+        assert "d" in active and 0.97 <= sum(sizes[m] for m in active) / 100 <= 0.99
     history = [{"a": 1.0, "b": 1.0}, {"a": 2.0, "b": 3.0}]  # D(E): a 1, b 2
     # now a moved by 1 more (D 2 -> |2 - 1| = 1 >= 0.5 x 1: active); b did not move (|2 - 2| = 0 < 0.5 x 2: frozen)
     assert select_active("temporal", 0.5, {"a": 3.0, "b": 3.0}, history, g) == ["a"]
@@ -145,6 +150,22 @@ def test_the_static_controls_choose_once_and_charge_no_estimates():
     assert torch.equal(after["blocks.0.mlp.fc_in.weight"], start["blocks.0.mlp.fc_in.weight"])
     assert not torch.equal(after["blocks.0.attn.qkv.weight"], start["blocks.0.attn.qkv.weight"])  # head 0 trains
     assert trainer.mat.active == [m for m in trainer.mat.modules if m not in frozen]
+    # every step is counted against the modules frozen during it; the active parameter share is logged
+    assert trainer.mat.steps_counted == 12
+    assert trainer.mat.frozen_steps == {m: 12 if m in frozen else 0 for m in trainer.mat.modules}
+    sizes = trainer.mat.sizes
+    assert trainer.mat.record()["mat_active_params"] == sum(sizes[m] for m in trainer.mat.active) / sum(sizes.values())
+
+
+def test_the_probe_batch_comes_from_the_training_corpus_without_moving_it():
+    cfg = load_config("demo", MAT + ["task.corpus_size=32"])
+    task, _, trainer = build(cfg)
+    corpus = task.documents(torch.device("cpu")).tokens
+    probe = trainer.mat.probe.tokens
+    assert all((corpus == row).all(1).any() for row in probe)  # every probe document is a training document
+    assert task.position == 32  # the training stream has not moved
+    fresh = build(load_config("demo", MAT + ["task.corpus_size=32", "train.mat_probe_source=fresh"]))[2].mat.probe.tokens
+    assert not all((corpus == row).all(1).any() for row in fresh)
 
 
 def test_bad_frozen_modules_are_config_errors():

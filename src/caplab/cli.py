@@ -181,6 +181,14 @@ def _run_compare(path: Path) -> None:
         if v["flops_saving_interval"]:
             saving += f" [{v['flops_saving_interval'][0]:+.1%}, {v['flops_saving_interval'][1]:+.1%}]"
         print(f"{name:<14} final loss {v['final_eval_loss']:.4f}  {v['flops']:.3g} FLOPs  {v['elapsed_s']:.0f} s  {reach}{saving}")
+    for target, variants in s.get("at_targets", {}).items():
+        parts = []
+        for name, v in variants.items():
+            text = f"{name} {v['reached']}/{s['seeds']}"
+            if v["flops_saving"] is not None and name != s["reference"]:
+                text += f" {v['flops_saving']:+.0%}"
+            parts.append(text)
+        print(f"held-out loss {target}: seeds reaching it and FLOP saving: " + ", ".join(parts))
     print(path)
 
 

@@ -3,16 +3,21 @@
     base:         a training recipe (task, model, train)
     variants:     name -> changes merged over base, plus two ways to match a control to an earlier
                   variant's run of the same seed:
-                    match_active_fraction: OTHER  train.mat_alpha = OTHER's mean MAT active share
-                                                  (the random controls of MAT)
+                    match_active_fraction: OTHER  train.mat_alpha = OTHER's mean MAT active share: of its
+                                                  modules, or of their parameters (weight-gradient FLOPs)
+                                                  with train.mat_share: parameters (the random controls of MAT)
                     match_frozen: OTHER           train.mat_frozen = the modules OTHER's MAT had frozen
                                                   when it ended (with mat_rule: fixed, "freeze them from step 0")
+                    match_frozen_most: OTHER      train.mat_frozen = the modules OTHER's MAT kept frozen for
+                                                  at least half of its steps
     reference:    the variant savings are measured against
     seeds:        N (default 1): each variant runs once per seed s = 0..N-1, with every `seed_keys`
                   entry (default [train.seed]) set to s; variants of one seed share init and data
     target_loss:  the held-out loss to reach; every run stops there (train.stop_at), with the base's
                   step budget or train.max_flops as its cap. Without it, the target is the reference's
                   final held-out loss (mean over seeds) and runs train to their budget.
+    read_targets: [losses] read from the finished curves afterwards (no run stops there): for each, the
+                  same reach, censoring and saving numbers (`at_targets` in the summary)
 
 Each run is catalogued (ids reserved in `study.json` first, so `caplab resume <id>`
 continues an interrupted comparison). The summary gives, per variant, seed means
@@ -52,18 +57,20 @@ def load_compare(recipe: str, overrides: list[str] = ()) -> tuple[str, dict]:
     name, data = load_recipe(recipe)
     if recipe_kind(data) != "compare":
         raise ConfigError(f"recipe {recipe!r} is not a comparison")
-    valid = ("kind", "description", "base", "variants", "reference", "seeds", "seed_keys", "target_loss")
+    valid = ("kind", "description", "base", "variants", "reference", "seeds", "seed_keys", "target_loss", "read_targets")
     unknown = [k for k in data if k not in valid]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; valid: {', '.join(valid)}")
     spec = {"description": str(data.get("description", "")).strip(), "base": copy.deepcopy(data.get("base") or {}),
             "variants": copy.deepcopy(data.get("variants") or {}), "reference": data.get("reference"),
             "seeds": data.get("seeds", 1), "seed_keys": list(data.get("seed_keys", ["train.seed"])),
-            "target_loss": data.get("target_loss")}
+            "target_loss": data.get("target_loss"), "read_targets": data.get("read_targets") or []}
     if not isinstance(spec["seeds"], int) or spec["seeds"] < 1:
         raise ConfigError(f"bad value {spec['seeds']!r} for 'seeds'; expected a whole number, at least 1")
     if spec["target_loss"] is not None and not isinstance(spec["target_loss"], (int, float)):
         raise ConfigError(f"bad value {spec['target_loss']!r} for 'target_loss'; expected a number")
+    if not isinstance(spec["read_targets"], list) or not all(isinstance(t, (int, float)) for t in spec["read_targets"]):
+        raise ConfigError(f"bad value {spec['read_targets']!r} for 'read_targets'; expected a list of losses")
     for item in overrides:
         key, sep, raw = item.partition("=")
         head, _, rest = key.partition(".")
@@ -81,7 +88,7 @@ def load_compare(recipe: str, overrides: list[str] = ()) -> tuple[str, dict]:
     return name, spec
 
 
-MATCHES = ("match_active_fraction", "match_frozen")
+MATCHES = ("match_active_fraction", "match_frozen", "match_frozen_most")
 
 
 def _variant_recipe(name: str, spec: dict, variant: str, seed: int, matched: Optional[dict] = None) -> dict:
@@ -118,9 +125,13 @@ def _matched(study: dict, variant: str, runs_dir: Path, run_ids: dict[str, list]
     """The train keys the variant's matches take from earlier variants' runs of this seed."""
     changes, out = study["variants"][variant] or {}, {}
     if changes.get("match_active_fraction"):
-        out["mat_alpha"] = _mean_active_fraction(RunStore(runs_dir / run_ids[changes["match_active_fraction"]][seed]).metrics())
+        share = (changes.get("train") or {}).get("mat_share", (study["base"].get("train") or {}).get("mat_share", "modules"))
+        key = "mat_active_params" if share == "parameters" else "mat_active_fraction"
+        out["mat_alpha"] = _mean_active(RunStore(runs_dir / run_ids[changes["match_active_fraction"]][seed]).metrics(), key)
     if changes.get("match_frozen"):
         out["mat_frozen"] = _frozen_at_end(RunStore(runs_dir / run_ids[changes["match_frozen"]][seed]))
+    if changes.get("match_frozen_most"):
+        out["mat_frozen"] = _frozen_most(RunStore(runs_dir / run_ids[changes["match_frozen_most"]][seed]))
     return out
 
 
@@ -144,33 +155,57 @@ def run_compare(path: Path) -> dict:
             complete_reserved_run(cfg, runs_dir, run_id, lambda how: print(f"caplab compare: {label}: {how} {run_id}", file=sys.stderr))
     curves = {v: [RunStore(runs_dir / r).metrics() for r in ids] for v, ids in run_ids.items()}
     summary = compare_curves(curves, study["reference"], study.get("target_loss"))
+    if study.get("read_targets"):
+        summary["at_targets"] = {f"{t:g}": compare_curves(curves, study["reference"], t)["variants"]
+                                 for t in study["read_targets"]}
     summary.update({"recipe": study["recipe"], "runs": run_ids})
     mat_variants = [v for v, seeds in curves.items() if any("mat_active_fraction" in r for r in seeds[0])]
-    if mat_variants:  # which modules each MAT run (or control) had frozen when it stopped
+    if mat_variants:  # which modules each MAT run (or control) had frozen when it stopped, and most of the time
         summary["frozen_at_end"] = {v: [_frozen_at_end(RunStore(runs_dir / r)) for r in run_ids[v]] for v in mat_variants}
+        summary["frozen_most"] = {v: [_frozen_most_or_none(RunStore(runs_dir / r)) for r in run_ids[v]] for v in mat_variants}
     atomic_write_json(path / "summary.json", summary)
     write_compare_report(path, summary, curves)
     return summary
 
 
-def _mean_active_fraction(records: list[dict]) -> float:
-    shares = [r["mat_active_fraction"] for r in records if "mat_active_fraction" in r]
+def _mean_active(records: list[dict], key: str = "mat_active_fraction") -> float:
+    shares = [r[key] for r in records if key in r]
     if not shares:
-        raise ConfigError("match_active_fraction names a variant that did not run MAT (no mat_active_fraction)")
+        raise ConfigError(f"match_active_fraction names a variant that did not run MAT (no {key} logged)")
     return sum(shares) / len(shares)
 
 
-def _frozen_at_end(store: RunStore) -> list[str]:
-    """The modules a MAT run had inactive at its last checkpoint."""
+def _mat_state(store: RunStore, match: str) -> tuple[list[str], dict]:
+    """(every module of the run's model, its MAT state at the last checkpoint)."""
     from caplab.config import config_from_json
     from caplab.models.gpt import GPT
     from caplab.train.mat import mat_modules
 
     _, _, meta = store.load_training_state()
     if "mat" not in meta:
-        raise ConfigError(f"match_frozen names a variant that did not run MAT (run {store.run_id} has no MAT state)")
-    modules = mat_modules(GPT(config_from_json((store.path / "config.json").read_text()).model))
-    return [m for m in modules if m not in meta["mat"]["active"]]
+        raise ConfigError(f"{match} names a variant that did not run MAT (run {store.run_id} has no MAT state)")
+    return list(mat_modules(GPT(config_from_json((store.path / "config.json").read_text()).model))), meta["mat"]
+
+
+def _frozen_most(store: RunStore) -> list[str]:
+    """The modules a MAT run kept frozen for at least half of its training steps."""
+    modules, state = _mat_state(store, "match_frozen_most")
+    if not state.get("steps_counted"):
+        raise ConfigError(f"run {store.run_id} predates the count of frozen steps; match_frozen_most cannot read it")
+    return [m for m in modules if state["frozen_steps"].get(m, 0) >= state["steps_counted"] / 2]
+
+
+def _frozen_at_end(store: RunStore) -> list[str]:
+    """The modules a MAT run had inactive at its last checkpoint."""
+    modules, state = _mat_state(store, "match_frozen")
+    return [m for m in modules if m not in state["active"]]
+
+
+def _frozen_most_or_none(store: RunStore) -> Optional[list[str]]:
+    try:
+        return _frozen_most(store)
+    except ConfigError:  # a run from before the count
+        return None
 
 
 def _value_at(records: list[dict], key: str, x: float) -> Optional[float]:

@@ -49,6 +49,11 @@ class Task:
         """Documents the model is not trained on, for the held-out loss (fresh samples, unless a finite corpus)."""
         return self.sample(batch_size, generator, device)
 
+    def training_probe(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
+        """Documents of the training data, drawn without moving the training stream along (a finite corpus: a
+        random subset of it), for instruments that may only use what the model trains on."""
+        return self.sample(batch_size, generator, device)
+
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
         """Named capability metrics (accuracies are floats in [0, 1])."""
         raise NotImplementedError

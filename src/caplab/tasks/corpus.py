@@ -104,6 +104,14 @@ class Corpus(Task):
     def held_out(self, batch_size: int, generator: torch.Generator, device) -> Batch:
         return self.task.sample(batch_size, generator, device)
 
+    def training_probe(self, batch_size: int, generator: torch.Generator, device) -> Batch:
+        if batch_size > self.cfg.corpus_size:
+            raise ConfigError(f"a probe of {batch_size} documents needs a corpus at least that large "
+                              f"(task.corpus_size={self.cfg.corpus_size})")
+        picks = torch.randperm(self.cfg.corpus_size, generator=generator, device=generator.device)[:batch_size]
+        data = self.documents(device)
+        return _select(data, picks.to(data.tokens.device))
+
     def evaluate(self, model: nn.Module, device) -> dict[str, float]:
         return {**self.task.evaluate(model, device), "epoch": float(self.epoch)}
 

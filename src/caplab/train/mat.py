@@ -21,8 +21,16 @@ alone; `raw` compares the eigenvalues as they are.
     random         a random alpha share of the modules, redrawn at every refresh
     random_static  a random alpha share drawn once at step 0 and kept (the control matched in active
                    share to a MAT run; no kernels are estimated or charged)
+                   (both random rules: a share of the modules' parameters, i.e. of the weight-gradient
+                   FLOPs, with `train.mat_share=parameters`)
     fixed          every module but `train.mat_frozen`, from step 0 (the control "freeze what MAT
                    ended up freezing, from the start"; no kernels estimated or charged)
+
+The probe batch is drawn from the training data (`train.mat_probe_source=train`, the default: a random
+subset of a finite corpus), so MAT chooses with nothing the model does not train on; `fresh` draws new
+documents (what the first version did, which hands MAT data a finite-corpus run never sees). Every
+evaluation logs the active share of modules (`mat_active_fraction`) and of their parameters
+(`mat_active_params`); the checkpoint keeps how many steps each module spent frozen (`frozen_steps`).
 
 The paper's exact threshold formula was not retrieved (`shared/papers/training_methods.md`
 marks the reconstruction unverified), so the rule is pluggable.
@@ -41,6 +49,8 @@ the kernel contractions.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from caplab.analysis.ntk import module_kernels, parameter_groups
@@ -58,8 +68,12 @@ def mat_modules(model) -> dict[str, list]:
 
 
 def select_active(rule: str, alpha: float, lambdas: dict[str, float], history: list[dict[str, float]],
-                  generator: torch.Generator) -> list[str]:
-    """The modules a rule keeps active, given this estimate and the earlier ones (oldest first)."""
+                  generator: torch.Generator, sizes: Optional[dict[str, int]] = None) -> list[str]:
+    """The modules a rule keeps active, given this estimate and the earlier ones (oldest first).
+
+    `sizes` (parameters per module), for the random rule only: alpha is then a share of the parameters, met
+    as closely as a random order of modules allows, not a share of the modules.
+    """
     names = list(lambdas)
     values = torch.tensor([lambdas[n] for n in names], dtype=torch.float64)
     if rule == "mean":
@@ -67,9 +81,15 @@ def select_active(rule: str, alpha: float, lambdas: dict[str, float], history: l
     elif rule == "quantile":
         keep = values >= torch.quantile(values, alpha)
     elif rule == "random":
-        count = max(1, round(alpha * len(names)))
+        order = torch.randperm(len(names), generator=generator)
+        if sizes is None:
+            count = max(1, round(alpha * len(names)))
+        else:  # the prefix of the random order whose parameter share is nearest alpha
+            shares = torch.cumsum(torch.tensor([sizes[names[i]] for i in order.tolist()], dtype=torch.float64), 0)
+            shares = shares / shares[-1]
+            count = int(torch.argmin((shares - alpha).abs())) + 1
         keep = torch.zeros(len(names), dtype=torch.bool)
-        keep[torch.randperm(len(names), generator=generator)[:count]] = True
+        keep[order[:count]] = True
     elif rule == "temporal":
         if len(history) < 2:
             return names
@@ -92,7 +112,9 @@ class ModularAdaptiveTraining:
         model = trainer.model
         self.modules = mat_modules(model)
         generator = torch.Generator(device=trainer.device).manual_seed(self.cfg.seed + 20_000)
-        self.probe = trainer.task.held_out(self.cfg.mat_probe, generator, trainer.device)  # never moves a corpus along
+        # training documents by default: MAT may choose with what it trains on, never with held-out data
+        draw = trainer.task.training_probe if self.cfg.mat_probe_source == "train" else trainer.task.held_out
+        self.probe = draw(self.cfg.mat_probe, generator, trainer.device)  # never moves a corpus along
         self.active = list(self.modules)
         unknown = [m for m in self.cfg.mat_frozen or [] if m not in self.modules]
         if unknown:
@@ -100,6 +122,8 @@ class ModularAdaptiveTraining:
         if self.cfg.mat_rule == "fixed" and self.cfg.mat_frozen is None:  # [] is allowed: a matched MAT run froze nothing
             raise ConfigError("train.mat_rule=fixed needs train.mat_frozen, the modules to freeze from step 0")
         self.history: list[dict[str, float]] = []  # one {module: lambda_max} per estimate
+        self.frozen_steps = dict.fromkeys(self.modules, 0)  # training steps each module spent frozen
+        self.steps_counted = 0
         self._saved: list = []
         self.params = dict(model.named_parameters())
         n, seq = self.probe.tokens.shape
@@ -119,6 +143,9 @@ class ModularAdaptiveTraining:
             self.refresh()
 
     def _on_step_end(self, trainer, loss: float) -> None:
+        for module in self.modules:  # the step just taken ran with the current active set
+            self.frozen_steps[module] += module not in self.active
+        self.steps_counted += 1
         if trainer.step % self.cfg.mat_every == 0:
             self.refresh()
 
@@ -129,14 +156,16 @@ class ModularAdaptiveTraining:
             if self.history:
                 return
             generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003)
-            self.active = (select_active("random", self.cfg.mat_alpha, dict.fromkeys(self.modules, 0.0), [], generator)
+            sizes = self.sizes if self.cfg.mat_share == "parameters" else None
+            self.active = (select_active("random", self.cfg.mat_alpha, dict.fromkeys(self.modules, 0.0), [], generator, sizes)
                            if rule == "random_static" else [m for m in self.modules if m not in self.cfg.mat_frozen])
             self.history.append({})
             self._apply_requires_grad()
             return
         self.history.append(self.lambdas())
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.trainer.step)
-        self.active = select_active(rule, self.cfg.mat_alpha, self.history[-1], self.history[:-1], generator)
+        self.active = select_active(rule, self.cfg.mat_alpha, self.history[-1], self.history[:-1], generator,
+                                    self.sizes if self.cfg.mat_share == "parameters" else None)
         self.trainer.flops_spent += self.estimate_flops
         self._apply_requires_grad()
 
@@ -205,14 +234,19 @@ class ModularAdaptiveTraining:
 
     def record(self) -> dict:
         """What each evaluation logs: the active share and the latest mean lambda_max."""
-        out = {"mat_active_fraction": len(self.active) / len(self.modules)}
+        out = {"mat_active_fraction": len(self.active) / len(self.modules),
+               "mat_active_params": sum(self.sizes[m] for m in self.active) / sum(self.sizes.values())}
         if self.history and self.history[-1]:
             out["mat_lambda_mean"] = sum(self.history[-1].values()) / len(self.history[-1])
         return out
 
     def state_dict(self) -> dict:
-        return {"active": list(self.active), "history": self.history}
+        return {"active": list(self.active), "history": self.history, "frozen_steps": self.frozen_steps,
+                "steps_counted": self.steps_counted}
 
     def load_state_dict(self, state: dict) -> None:
         self.active, self.history = list(state["active"]), [dict(h) for h in state["history"]]
+        # checkpoints written before the count existed start it afresh
+        self.frozen_steps = {m: int(state.get("frozen_steps", {}).get(m, 0)) for m in self.modules}
+        self.steps_counted = int(state.get("steps_counted", 0))
         self._apply_requires_grad()

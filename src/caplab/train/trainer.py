@@ -71,6 +71,8 @@ class TrainConfig:
     mat_kernel: Literal["loss", "sum"] = "loss"  # the NTK of each sample's loss, or of the sum of its logits
     mat_lambda: Literal["per_parameter", "raw"] = "per_parameter"  # lambda_max per parameter of the module, or as is
     mat_frozen: Optional[list[str]] = None  # rule fixed: the modules frozen from step 0 (e.g. those a MAT run ended up freezing)
+    mat_share: Literal["modules", "parameters"] = "modules"  # random rules: alpha is a share of modules, or of their parameters
+    mat_probe_source: Literal["train", "fresh"] = "train"  # the probe batch: training documents, or fresh ones
     spectral_diagnostics_every: int = 0  # log gradient spike energy share and subspace overlap every N steps (0: off)
     stop_at: Optional[float] = None  # stop at the first evaluation where stop_metric reaches this value
     stop_metric: str = "eval_loss"  # ...at or below it for a metric named *loss, at or above it otherwise (e.g. seen_exact)

@@ -16,7 +16,7 @@ TINY_STUDY = [
     "finetune.train.checkpoint_every=30",
     "reverse.train.steps=16", "reverse.train.eval_every=8", "reverse.train.checkpoint_every=16",
     "study.lr_names=[small]", "study.learning_rates=[0.001]", "study.focus_lr=small",
-    "study.prune_max=2", "study.probe_samples=64", "study.probe_steps=20", "study.noise=0.0",
+    "study.prune_max=2", "study.probe_samples=64", "study.probe_steps=20", "study.noise=0.0", "study.seeds=1",
 ]
 
 
@@ -47,7 +47,10 @@ def test_tracr_study_runs_every_stage_and_resumes_without_retraining(tmp_path):
     for cell in chain["cells"]:  # every cell is pruned and probed, with its controls
         pruning = cell["pruning"]
         assert [row["k"] for row in pruning["curve"]] == [0, 1, 2]
-        assert [row["k"] for row in pruning["random"]] == [row["k"] for row in pruning["pretrained_same_units"]] == [1, 2]
+        assert [row["k"] for row in pruning["random"]] == [row["k"] for row in pruning["pretrained_same_units"]] == [0, 1, 2]
+        # K = 0 of every control is the unpruned model: the fine-tuned one, and the pretrained one
+        assert pruning["random"][0]["count_a"] == pruning["curve"][0]["count_a"] == cell["count_a"]
+        assert pruning["pretrained_same_units"][0]["count_a"] == chain["pretrained"]["count_a"]
         assert set(cell["probes"]["accuracy"]) == {"count(a)", "count(b)", "count(c)"}
         assert len(cell["probes"]["accuracy"]["count(a)"]) == 4  # embeddings + 3 compiled blocks
     # pruning nothing changes nothing: K = 0 of the pretrained model's own curve is its unpruned accuracy
@@ -75,14 +78,18 @@ def test_tracr_study_runs_every_stage_and_resumes_without_retraining(tmp_path):
 
 def test_a_diverging_cell_is_a_result_and_the_study_goes_on(tmp_path):
     overrides = [o for o in TINY_STUDY if not o.startswith(("study.lr_names", "study.learning_rates"))]
-    overrides += ["study.lr_names=[huge,small]", "study.learning_rates=[1.0e+6,0.001]", "study.correlations=[1.0]"]
+    overrides += ["study.lr_names=[huge,small]", "study.learning_rates=[1.0e+6,0.001]", "study.correlations=[1.0]",
+                  "study.seeds=2"]  # two chains: the table, figures and report over seeds
     path = create_study("finetune-tracr", overrides, tmp_path)
     summary = run_study(path)
-    huge, small = summary["chains"][0]["cells"]
-    assert huge["diverged"] and huge["count_b"] is None and "pruning" not in huge
-    assert not small["diverged"] and "pruning" in small
-    assert [row["diverged"] for row in summary["table"]] == [1, 0]
-    assert summary["table"][0]["count_b"]["n"] == 0
+    for chain in summary["chains"]:
+        huge, small = chain["cells"]
+        assert huge["diverged"] and huge["count_b"] is None and "pruning" not in huge
+        assert not small["diverged"] and "pruning" in small
+    assert [row["diverged"] for row in summary["table"]] == [2, 0]
+    assert summary["table"][0]["count_b"]["n"] == 0 and summary["table"][1]["count_b"]["n"] == 2
+    assert summary["table"][1]["pruning_gain"]["interval"] is not None
+    assert (path / "report.html").is_file() and (path / "figures" / "pruning.png").is_file()
     assert run_study(path)["table"] == summary["table"]  # the diverged run is kept, not retrained
 
 
@@ -107,9 +114,9 @@ def test_table_means_and_intervals_over_seeds():
                                           "count_b_cte1": 1.0, "count_a": 0.5}]} for v in (0.1, 0.2, 0.3)]
     (row,) = _table(chains, cfg)
     assert row["count_b"]["mean"] == pytest.approx(0.2) and row["count_b"]["n"] == 3
-    low, high = row["count_b"]["interval"]
-    assert 0.1 <= low < 0.2 < high <= 0.3
-    assert row["count_b_cte1"]["interval"] == [1.0, 1.0]
+    # Student's t with 2 degrees of freedom: 0.2 +- 4.303 x 0.1 / sqrt(3)
+    assert row["count_b"]["interval"] == pytest.approx([0.2 - 0.24843, 0.2 + 0.24843], abs=1e-4)
+    assert row["count_b_cte1"]["interval"] == [1.0, 1.0] and row["count_b"]["values"] == [0.1, 0.2, 0.3]
 
 
 @pytest.mark.parametrize("override, message", [

@@ -149,7 +149,7 @@ def _run_study(path: Path) -> None:
     from caplab.runs.finetune_report import cell_text
 
     src, tgt = s["source_metric"], s["target_metric"]
-    print(f"mean [95% interval] over {s['seeds']} seed(s)")
+    print(f"mean [95% t-interval] over {s['seeds']} seed(s)")
     for row in s["table"]:
         prior = f"prior {row['prior']} " if row["prior"] else ""
         line = (f"{prior}lr {row['lr_name']:<7} CTr {row['correlation']:<4g} {tgt} {cell_text(row[tgt])} (CTe 0) "
@@ -160,6 +160,7 @@ def _run_study(path: Path) -> None:
         print(line)
     for prior, base in s["baselines"].items():
         steps = ", ".join(f"{stage} {values}" for stage, values in base["revival_steps"].items())
+        prior = "of the recipe" if prior == "None" else prior
         print(f"prior {prior}: count(b) = count(a) + 1 by itself in {cell_text(base['natural_shortcut_rate'])}; "
               f"steps to {src} >= {s['reach']}: {steps}")
     print(path)

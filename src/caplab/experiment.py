@@ -100,7 +100,7 @@ def _marking_failures(stores: list[RunStore], catalog: Catalog):
         yield
     except CaplabError as exc:
         for store in stores:
-            store.set_status("failed", str(exc))
+            store.set_status("failed", str(exc), diverged=isinstance(exc, TrainingDiverged))
             catalog.upsert_run(store)
         raise
     except BaseException as exc:  # Ctrl-C or a bug: the checkpoints stay resumable
@@ -133,7 +133,7 @@ def train_ensemble(stores: list[RunStore]) -> list[Path]:
     paths = []
     for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
         if index in ensemble.failed:
-            store.set_status("failed", ensemble.failed[index])
+            store.set_status("failed", ensemble.failed[index], diverged=True)  # members only ever drop out diverged
             catalog.upsert_run(store)
         else:
             paths.append(_finish(store, task, final, catalog))

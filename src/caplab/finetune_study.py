@@ -22,7 +22,7 @@ position onto the two operands, and the revival speeds.
 
     <runs root>/studies/<study id>/
         study.json    the recipe, resolved, and the run id of every stage (reserved before the run starts)
-        summary.json  `table` (per prior, lr and CTr: mean and 95% bootstrap interval over seeds),
+        summary.json  `table` (per prior, lr and CTr: mean and 95% t-interval over seeds),
                       `baselines` (per prior), `chains` (every number of every chain)
         figures/, report.html
 
@@ -238,7 +238,7 @@ def run_study(path: Path) -> dict:
         fill = functools.partial(_record_compiled, experiment=experiment, stage=stage, cfg=cfg) if stage["compile"] else None
         # a fine-tuning cell that diverges is a result (that learning rate is too large), unless a later stage needs it
         may_diverge = _may_diverge(stage, cfg)
-        if may_diverge and _status(runs_dir, stage["run_id"]) == "failed":
+        if may_diverge and _diverged(runs_dir, stage["run_id"]):
             print(f"caplab study: {label}: kept as diverged; `caplab resume {stage['run_id']}` retries it", file=sys.stderr)
             continue
         try:
@@ -262,8 +262,12 @@ def _may_diverge(stage: dict, cfg: FinetuneStudyConfig) -> bool:
     return base.startswith("finetune-") and base != _cell(cfg.focus_lr, cfg.focus_correlation)
 
 
-def _status(runs_dir: Path, run_id: str) -> Optional[str]:
-    return RunStore(runs_dir / run_id).info()["status"] if (runs_dir / run_id / "run.json").is_file() else None
+def _diverged(runs_dir: Path, run_id: str) -> bool:
+    """The run failed because its loss became NaN or infinite (not for any other reason, which a resume retries)."""
+    if not (runs_dir / run_id / "run.json").is_file():
+        return False
+    info = RunStore(runs_dir / run_id).info()
+    return info["status"] == "failed" and bool(info.get("diverged"))
 
 
 def _record_compiled(store: RunStore, experiment: ExperimentConfig, stage: dict, cfg: FinetuneStudyConfig) -> None:
@@ -314,7 +318,8 @@ def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: 
     source_task = _experiment(chain["reverse"], {stage["stage"]: stage["run_id"] for stage in chain.values()}).make_task()
     torch.manual_seed(pretrain_cfg.train.seed + 1)
     untrained = type(pretrained)(pretrained.cfg).eval()  # same shape, never trained: the probes' floor
-    pretrained_scores = _scores(pretrained, source_task, cfg)
+    seed_offset = 1000 * pretrain_cfg.train.seed  # the instruments' own random draws differ between chains
+    pretrained_scores = _scores(pretrained, source_task, cfg, seed_offset)
     out = {
         "prior": prior, "seed": seed,
         "runs": {chain[base]["stage"]: run_id for base, run_id in ids.items()},
@@ -323,42 +328,51 @@ def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: 
         "pretrained": {k: v for k, v in focus_cfg.make_task().evaluate(pretrained, torch.device("cpu")).items()
                        if k.split("_cte")[0] in (src, tgt)},
         # the same pruning procedure on the model before fine-tuning: what pruning does where there is no wrapper
-        "pretrained_pruning": _curve(pretrained, pretrained_scores, range(cfg.prune_max + 1), target_task, cfg),
+        "pretrained_pruning": _curve(pretrained, pretrained_scores, _control_ks(cfg), target_task, cfg),
         "probes": {"pretrained": _probes(pretrained, target_task, cfg), "untrained": _probes(untrained, target_task, cfg)},
         "attention": {"pretrained": _attention(pretrained, target_task)},
         "cells": [],
         "revival": {base: _revival(RunStore(runs_dir / ids[base]).metrics(), src, cfg.reach)
                     for base in ("reverse", "scratch", "swapped-ft") if base in ids},
     }
-    for lr_name, lr in zip(cfg.lr_names, cfg.learning_rates):
-        for correlation in cfg.correlations:
-            base = _cell(lr_name, correlation)
-            diverged = _status(runs_dir, ids[base]) == "failed"
-            record = {} if diverged else final[base]
-            cell = {"stage": chain[base]["stage"], "base": base, "lr_name": lr_name, "lr": lr, "correlation": correlation,
-                    "diverged": diverged, **{k: record.get(k) for k in (tgt, f"{tgt}_cte1", src, f"{src}_cte1")}}
-            if not diverged and (cfg.instruments == "all" or base == focus):
-                tuned, _ = load_model(ids[base], root=runs_dir)
-                cell["pruning"] = _pruning(tuned, pretrained, source_task, target_task, cfg)
-                cell["probes"] = _probes(tuned, target_task, cfg)
-                if base == focus:
-                    out["attention"]["finetuned"] = _attention(tuned, target_task)
-            out["cells"].append(cell)
+    for index, (lr_name, lr, correlation) in enumerate((n, r, c) for n, r in zip(cfg.lr_names, cfg.learning_rates)
+                                                      for c in cfg.correlations):
+        base = _cell(lr_name, correlation)
+        diverged = _diverged(runs_dir, ids[base])
+        record = {} if diverged else final[base]
+        cell = {"stage": chain[base]["stage"], "base": base, "lr_name": lr_name, "lr": lr, "correlation": correlation,
+                "diverged": diverged, **{k: record.get(k) for k in (tgt, f"{tgt}_cte1", src, f"{src}_cte1")}}
+        if not diverged and (cfg.instruments == "all" or base == focus):
+            tuned, _ = load_model(ids[base], root=runs_dir)
+            cell["pruning"] = _pruning(tuned, pretrained, source_task, target_task, cfg, seed_offset + index)
+            cell["probes"] = _probes(tuned, target_task, cfg)
+            if base == focus:
+                out["attention"]["finetuned"] = _attention(tuned, target_task)
+        out["cells"].append(cell)
     return out
 
 
-def _mean_interval(values: list, n_boot: int = 2000) -> dict:
-    """Mean and 95% percentile-bootstrap interval over seeds (interval None with fewer than 2 values)."""
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96 beyond)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def _mean_interval(values: list) -> dict:
+    """Mean over seeds, its 95% t-interval (None with fewer than 2 values), and the values themselves.
+
+    A t-interval, not a bootstrap: with 3 seeds a percentile bootstrap has 10 distinct resample means and
+    covers far less than 95%.
+    """
     import numpy as np
 
-    values = np.asarray([v for v in values if v is not None], float)
-    if not len(values):
-        return {"mean": None, "interval": None, "n": 0}
-    interval = None
-    if len(values) > 1:
-        means = values[np.random.default_rng(0).integers(len(values), size=(n_boot, len(values)))].mean(1)
-        interval = [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-    return {"mean": float(values.mean()), "interval": interval, "n": int(len(values))}
+    kept = [float(v) for v in values if v is not None]
+    if not kept:
+        return {"mean": None, "interval": None, "n": 0, "values": []}
+    mean, interval = float(np.mean(kept)), None
+    if len(kept) > 1:
+        half = (T_975[len(kept) - 2] if len(kept) <= 31 else 1.96) * float(np.std(kept, ddof=1)) / len(kept) ** 0.5
+        interval = [mean - half, mean + half]
+    return {"mean": mean, "interval": interval, "n": len(kept), "values": kept}
 
 
 def _table(chains: list[dict], cfg: FinetuneStudyConfig) -> list[dict]:
@@ -400,6 +414,11 @@ def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
             "probe_majority": {label: _mean_interval([c["probes"]["pretrained"]["majority"][label] for c in mine])
                                for label in mine[0]["probes"]["pretrained"]["majority"]},
             "revival_steps": {base: [c["revival"][base]["steps_to_reach"] for c in mine] for base in mine[0]["revival"]},
+            # the same pruning procedure on the pretrained model: the change of the source capability per K
+            "pretrained_pruning_change": {
+                str(row["k"]): _mean_interval([c["pretrained_pruning"][i][cfg.source_metric] - c["pretrained_pruning"][0][cfg.source_metric]
+                                               for c in mine])
+                for i, row in enumerate(mine[0]["pretrained_pruning"]) if row["k"] > 0},
         }
     return out
 
@@ -411,11 +430,11 @@ def _masked_loss(model, batch) -> torch.Tensor:
     return (per_token * mask).sum() / mask.sum()
 
 
-def _scores(model, source_task, cfg: FinetuneStudyConfig):
-    """theta x grad of the pretraining capability's loss on one fixed batch, per unit."""
+def _scores(model, source_task, cfg: FinetuneStudyConfig, seed: int = 0):
+    """theta x grad of the pretraining capability's loss on one batch, per unit."""
     from caplab.analysis.pruning import unit_scores
 
-    batch = source_task.sample(256, torch.Generator().manual_seed(1234), torch.device("cpu"))
+    batch = source_task.sample(256, torch.Generator().manual_seed(1234 + seed), torch.device("cpu"))
     return unit_scores(model, lambda m: _masked_loss(m, batch), cfg.prune_granularity)
 
 
@@ -430,33 +449,39 @@ def _curve(model, scores, ks, target_task, cfg: FinetuneStudyConfig) -> list[dic
     return [{"k": k, **v} for k, v in pruning_curve(model, scores, ks, lambda m: _evaluate(m, target_task, cfg)).items()]
 
 
-def _pruning(tuned, pretrained, source_task, target_task, cfg: FinetuneStudyConfig) -> dict:
-    """Both capabilities with the top-K theta x grad units (for the source loss) of the fine-tuned model zeroed,
-    against two controls at `control_ks` and the best K: as many units drawn at random (mean of
+def _control_ks(cfg: FinetuneStudyConfig) -> list[int]:
+    """K = 0 and the `control_ks` within 1..prune_max: where every pruning curve and control is read."""
+    return [0] + sorted({k for k in cfg.control_ks if 1 <= k <= cfg.prune_max})
+
+
+def _pruning(tuned, pretrained, source_task, target_task, cfg: FinetuneStudyConfig, seed: int = 0) -> dict:
+    """Both capabilities with the top-K theta x grad units (for the source loss) of the fine-tuned model zeroed
+    (K = 0..prune_max, for the figure), and two controls: as many units drawn at random (mean of
     `random_prune_draws` draws), and the same units zeroed in the pretrained model (do they carry the
-    capability itself, or only what fine-tuning changed?)."""
+    capability itself, or only what fine-tuning changed?).
+
+    The gains compare like with like: each is the largest change of the source capability over the same
+    K (`control_ks`), so the top units are not credited with a K picked on the readings they are scored by
+    while the controls are read at it.
+    """
     from caplab.analysis.pruning import prune
 
     src = cfg.source_metric
-    scores = _scores(tuned, source_task, cfg)
+    scores = _scores(tuned, source_task, cfg, seed)
     curve = _curve(tuned, scores, range(cfg.prune_max + 1), target_task, cfg)
-    best = max(curve, key=lambda row: row[src])["k"]
-    ks = sorted({k for k in cfg.control_ks if 1 <= k <= cfg.prune_max} | ({best} if best > 0 else set()))
-    generator = torch.Generator().manual_seed(4321)
+    ks = _control_ks(cfg)
+    generator = torch.Generator().manual_seed(4321 + seed)
     random_rows, same_rows = [], []
     for k in ks:
         draws = [_evaluate(prune(tuned, [scores.units[i] for i in torch.randperm(len(scores.units), generator=generator)[:k].tolist()],
                                  scores.granularity).eval(), target_task, cfg) for _ in range(cfg.random_prune_draws)]
         random_rows.append({"k": k, **{key: sum(d[key] for d in draws) / len(draws) for key in draws[0]}})
         same_rows.append({"k": k, **_evaluate(prune(pretrained, scores.top(k), scores.granularity).eval(), target_task, cfg)})
-    at = lambda rows: next(row[src] for row in rows if row["k"] == best)  # noqa: E731
-    untouched = _evaluate(pretrained, target_task, cfg)[src]
+    top_rows = [row for row in curve if row["k"] in ks]
+    gain = lambda rows: max(row[src] for row in rows[1:]) - rows[0][src]  # noqa: E731  (rows[0] is K = 0)
     return {"granularity": cfg.prune_granularity, "units": [f"{n}[{i}]" for n, i in scores.top(cfg.prune_max)],
-            "curve": curve, "best_k": best,
-            # the gain of the source capability at the best K, and what each control does at that K
-            "gain": curve[best][src] - curve[0][src],
-            "gain_random": (at(random_rows) - curve[0][src]) if best > 0 else 0.0,
-            "gain_pretrained_same_units": (at(same_rows) - untouched) if best > 0 else 0.0,
+            "curve": curve, "best_k": max(top_rows[1:], key=lambda row: row[src])["k"],
+            "gain": gain(top_rows), "gain_random": gain(random_rows), "gain_pretrained_same_units": gain(same_rows),
             "random": random_rows, "pretrained_same_units": same_rows}
 
 

@@ -1,6 +1,6 @@
 """Figures and report.html of a fine-tuning study (`caplab.finetune_study`).
 
-Every figure draws seed means with 95% bootstrap intervals (error bars) where a study has several seeds,
+Every figure draws seed means with 95% t-intervals (error bars) where a study has several seeds,
 one panel per operand prior where it has several priors.
 """
 
@@ -185,7 +185,7 @@ def write_finetune_report(path: Path, summary: dict) -> Path:
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}pre{background:#f6f6f6;padding:8px}"
             f"</style></head><body><h1>Fine-tuning study {html.escape(path.name)}</h1>"
-            f"<p>Mean [95% bootstrap interval] over {summary['seeds']} seed(s).</p>"
+            f"<p>Mean [95% t-interval] over {summary['seeds']} seed(s).</p>"
             f"<table><tr>{header}</tr>{rows}</table>"
             + "".join(f"<img src='figures/{n}' alt='{n}'>" for n in names)
             + f"<h2>Summary</h2><pre>{html.escape(json.dumps({k: v for k, v in summary.items() if k != 'chains'}, indent=2))}"

@@ -140,9 +140,10 @@ class RunStore:
     def info(self) -> dict:
         return read_json(self.path / "run.json")
 
-    def set_status(self, status: str, error: Optional[str] = None) -> dict:
+    def set_status(self, status: str, error: Optional[str] = None, diverged: bool = False) -> dict:
+        """`diverged`: the failure is a loss that became NaN or infinite (a result, not a fault)."""
         info = self.info()
-        info.update(status=status, updated=now(), error=error)
+        info.update(status=status, updated=now(), error=error, diverged=diverged)
         atomic_write_json(self.path / "run.json", info)
         return info
 

@@ -254,7 +254,8 @@ class PCFGCounting(Task):
         """Count questions about this task's operand (a unless fixed) at CTe = 0, for probes and attention.
 
         Returns (tokens (n, seq_len), readout positions (n,) (the position whose target is Ans),
-        {"a": count(a), "b": count(b), "c": count(c)} in the counting window, {"a": token id, "b": token id}).
+        {"a": count(a), "b": count(b), "c": count(c)} in the counting window, and "a earlier": count(a) in the
+        K tokens before it (where the window allows), {"a": token id, "b": token id}).
         """
         letter = 0 if self.cfg.operand == "prior" else "abc".index(self.cfg.operand)
         docs, _, _ = self.sample_documents(n, generator, device, TASK_NAMES.index("count"), letter, 0.0)
@@ -262,6 +263,8 @@ class PCFGCounting(Task):
         tail = docs[:, 5 + W - K : 5 + W] - self.terminal_offset
         positions = torch.full((n,), self.answer_position - 1, device=device)
         counts = {letter: (tail == i).sum(1) for i, letter in enumerate("abc")}
+        if W >= 2 * K:  # a count no task asks for: a in the K tokens before the counting window (a probe control)
+            counts["a earlier"] = (docs[:, 5 + W - 2 * K : 5 + W - K] - self.terminal_offset == 0).sum(1)
         return docs[:, :-1], positions, counts, {"a": self.terminal_offset, "b": self.terminal_offset + 1}
 
     def headline(self, metrics: dict[str, float]) -> dict[str, float]:

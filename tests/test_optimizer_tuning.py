@@ -18,7 +18,7 @@ def _synthetic(tmp_path, curves):
     for (optimizer, lr), seeds in curves.items():
         for seed, (status, points) in enumerate(seeds):
             name, _, rank = optimizer.partition("@")  # "spectra@0": spectral_rank_fraction 0
-            train = {"optimizer": name, "lr": lr, **({"spectral_rank_fraction": float(rank)} if rank else {})}
+            train = {"optimizer": name, "lr": lr, "seed": seed, **({"spectral_rank_fraction": float(rank)} if rank else {})}
             store = RunStore.create("synthetic", tmp_path, files={"config.json": {"train": train}})
             for step, loss, *extra in points:  # extra: a dict of more logged values
                 store.log_metrics({"step": step, "eval_loss": loss, "elapsed_s": 2.0 * step + 1.0, "eval_s": 1.0, **(extra or [{}])[0]})

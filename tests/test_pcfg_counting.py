@@ -9,7 +9,7 @@ from caplab.tasks.pcfg_counting import ART, EOS, EOT, OPERAND_PRIORS, SOS, SOT, 
 CPU = torch.device("cpu")
 
 
-def reference_answer(task, text, first, second, offset, K):
+def reference_answer(task, text, first, second, offset, K, occurrence=6):
     """Straightforward Python answers, or None when outside 0..K."""
     tail = text[-K:]
     if task == "count":
@@ -23,13 +23,14 @@ def reference_answer(task, text, first, second, offset, K):
         i = len(text) - distance
         hit = text[i] == first if task == "index" else (i >= 1 and text[i - 1] == first and text[i] == second)
         seen += hit
-        if seen == 6:
+        if seen == occurrence:
             return distance if distance <= K else None
     return None
 
 
-def test_answers_match_a_python_reference():
-    task = make_task("pcfg_counting", window=48, count_window=20)
+@pytest.mark.parametrize("occurrence", [6, 2])
+def test_answers_match_a_python_reference(occurrence):
+    task = make_task("pcfg_counting", window=48, count_window=20, index_occurrence=occurrence)
     g = torch.Generator().manual_seed(0)
     n = 400
     text = torch.randint(3, (n, 48), generator=g)
@@ -38,7 +39,8 @@ def test_answers_match_a_python_reference():
     offset = 1 + torch.randint(20, (n,), generator=g)
     answers = task.answers(text, tasks, first, second, offset)
     for i in range(n):
-        expected = reference_answer(TASK_NAMES[int(tasks[i])], text[i].tolist(), int(first[i]), int(second[i]), int(offset[i]), 20)
+        expected = reference_answer(TASK_NAMES[int(tasks[i])], text[i].tolist(), int(first[i]), int(second[i]), int(offset[i]), 20,
+                                    occurrence)
         if expected is None:
             assert answers[i] == -1
         elif isinstance(expected, tuple):
@@ -151,8 +153,29 @@ def test_answer_only_loss_mask():
     assert (batch.tokens[:, position] == ART).all()
 
 
+def test_tasks_stay_uniform_where_some_questions_are_rare():
+    # under the low prior a bigram index question is answerable in ~5% of strings; redrawing within the task
+    # keeps it at a fifth of the documents (redrawing over all tasks would leave it near 1%)
+    task = make_task("pcfg_counting", operand_prior="low", window=64, count_window=16, index_occurrence=2)
+    _, tasks, _ = task.sample_documents(4000, torch.Generator().manual_seed(3), CPU)
+    shares = torch.bincount(tasks, minlength=5) / 4000
+    assert (shares - 0.2).abs().max() < 0.025  # 4 standard errors of a share of 0.2 among 4,000
+
+
+def test_an_unanswerable_question_is_an_error_not_a_hang():
+    from caplab.errors import ConfigError
+
+    # the 16th occurrence of a bigram cannot lie within the last 16 tokens (they hold 15 bigrams)
+    task = make_task("pcfg_counting", tasks=["index_bigram"], window=64, count_window=16, index_occurrence=16)
+    with pytest.raises(ConfigError, match="index_bigram.*lower index_occurrence"):
+        task.sample_documents(4, torch.Generator().manual_seed(0), CPU)
+
+
 def test_bad_config():
     from caplab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="index_occurrence"):
+        make_task("pcfg_counting", count_window=16, index_occurrence=17)
 
     with pytest.raises(ConfigError, match="task.tasks"):
         make_task("pcfg_counting", tasks=["sum"])

@@ -11,14 +11,19 @@ A document asks one question about a window of a PCFG string (`pcfg_grammar`):
 
     count         how many O among the last K tokens of the window
     count_bigram  how many occurrences of the bigram O lie within the last K tokens
-    index         the distance from EOT of the 6th occurrence of O counted from the end (1 = the last token)
+    index         the distance from EOT of the n-th occurrence of O counted from the end (1 = the last token;
+                  n = `index_occurrence`, the paper's 6)
     index_bigram  the same for the bigram (the distance of its second token)
     token_at      the token O' positions before EOT (1 = the last token)
 
 Answers are vocabulary tokens: integers 0..K, or a terminal for token_at.
-Documents whose answer would fall outside 0..K (an index beyond K, or an
-operand with fewer than 6 occurrences) are redrawn, and so are strings
-shorter than the window (the paper leaves them unaddressed).
+Tasks are drawn uniformly for each document. Documents whose answer would
+fall outside 0..K (an index beyond K, or an operand with fewer than n
+occurrences) are redrawn within their task, and so are strings
+shorter than the window (the paper leaves them unaddressed). Redrawing
+thins the index tasks most (a bigram's 6th occurrence rarely lies within
+K = 16), so a scaled-down window needs a smaller `index_occurrence`; a
+question no string can answer is an error, not an endless loop.
 
 Operands follow the operand prior (`operand_prior`: the paper's `low`
 (.999, .001, 0), `low2` (.99, .01, 0), `medium` (.9, .1, 0), `medium2`
@@ -44,6 +49,7 @@ from typing import Literal, Optional
 import torch
 from torch import nn
 
+from caplab.errors import ConfigError
 from caplab.tasks.base import Batch, Task
 from caplab.tasks.pcfg_grammar import sample_strings, windows
 
@@ -52,7 +58,6 @@ OPERAND_PRIORS = {
     "low": (0.999, 0.001, 0.0), "low2": (0.99, 0.01, 0.0), "medium": (0.9, 0.1, 0.0),
     "medium2": (0.7, 0.2, 0.1), "high": (0.5, 0.3, 0.2),
 }
-OCCURRENCE = 6  # the index tasks look for the 6th occurrence
 SPECIALS = ["<pad>", "$", "<", ">", "=", "#", "<null>"]  # pad, SOS, SOT, EOT, ART, EOS, null operand
 PAD, SOS, SOT, EOT, ART, EOS, NULL = range(len(SPECIALS))
 
@@ -65,6 +70,7 @@ class PCFGCountingConfig:
     swap_operands: bool = False  # a and b exchange their prior probabilities (the swapped-pretraining baseline)
     window: int = 64  # tokens of the string shown (the paper: 250)
     count_window: int = 40  # K: the counting window and the largest answer
+    index_occurrence: int = 6  # the index tasks ask for the position of this occurrence (the paper: 6th, with K = 40)
     correlation: float = 0.0  # CTr: fraction of documents with count(b) = count(a) + 1
     loss_on: Literal["all", "answer"] = "all"  # the paper pretrains on every token and fine-tunes on the answer
     eval_correlations: list[float] = field(default_factory=lambda: [0.0])  # CTe values evaluated; CTe = c adds `_cte{c}`
@@ -77,6 +83,8 @@ class PCFGCountingConfig:
             raise ValueError(f"task.tasks has {bad[0] if bad else 'nothing'}; valid: {', '.join(TASK_NAMES)}")
         if not 2 <= self.count_window <= self.window:
             raise ValueError(f"task.count_window must lie in 2..window ({self.window}), got {self.count_window}")
+        if not 1 <= self.index_occurrence <= self.count_window:
+            raise ValueError(f"task.index_occurrence must lie in 1..count_window, got {self.index_occurrence}")
         if self.window > 729:
             raise ValueError(f"task.window must be at most 729 (the longest string), got {self.window}")
         if not 0 <= self.correlation <= 1:
@@ -130,7 +138,7 @@ class PCFGCounting(Task):
         pair_hits = torch.zeros_like(hits)
         pair_hits[:, :-1] = ((text[:, 1:] == second[:, None]) & (text[:, :-1] == first[:, None])).flip(1)
         hits = torch.where((task == 3)[:, None], pair_hits, hits)
-        nth = (hits.long().cumsum(1) == OCCURRENCE) & hits
+        nth = (hits.long().cumsum(1) == self.cfg.index_occurrence) & hits
         found = nth.any(1)
         index = nth.float().argmax(1) + 1  # distance from EOT
         index = torch.where(found & (index <= K), index, -1)
@@ -196,13 +204,29 @@ class PCFGCounting(Task):
                          correlation: Optional[float] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """n valid documents: (docs (n, doc_len), task ids (n,), first operand letters (n,))."""
         correlation = self.cfg.correlation if correlation is None else correlation
-        parts, have = [], 0
+        if task is None and len(self.task_ids) > 1:
+            # the task mix stays uniform: each document's task is drawn first, and only documents of that task
+            # are redrawn (redrawing over all tasks would thin out the tasks whose answers fall outside 0..K)
+            picks = torch.randint(len(self.task_ids), (n,), generator=generator, device=device)
+            parts = [self.sample_documents(int(count), generator, device, int(self.task_ids[i]), operand, correlation)
+                     for i, count in enumerate(torch.bincount(picks, minlength=len(self.task_ids)).tolist()) if count]
+            order = torch.randperm(n, generator=generator, device=device)
+            return tuple(torch.cat(p)[order] for p in zip(*parts))
+        parts, have, drawn = [], 0, 0
         while have < n:
             m = 2 * (n - have) + 16  # about half the strings are shorter than a 250-token window
+            if have == 0 and drawn:  # nothing valid yet: a rare question, draw more at once
+                m = max(m, min(drawn, 16_384))
             docs, tasks, first, ok = self._draw(m, generator, device, task, operand, correlation)
             keep = ok.nonzero().squeeze(1)[: n - have]
             parts.append((docs[keep], tasks[keep], first[keep]))
-            have += len(keep)
+            have, drawn = have + len(keep), drawn + m
+            if have == 0 and drawn >= 100_000:
+                asked = ", ".join(self.cfg.tasks) if task is None else TASK_NAMES[task]
+                asked += "" if operand is None else f" with operand {'abc'[operand]}"
+                raise ConfigError(f"no valid pcfg_counting document for {asked} in {drawn} draws (window "
+                                  f"{self.cfg.window}, count_window {self.cfg.count_window}, index_occurrence "
+                                  f"{self.cfg.index_occurrence}); enlarge count_window or lower index_occurrence")
         return tuple(torch.cat(p) for p in zip(*parts))
 
     def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:

@@ -15,8 +15,29 @@ def test_shipped_recipes_load_and_resolve_model_from_task():
             continue
         cfg = load_config(name)
         task = cfg.make_task()
-        assert cfg.model.d_vocab >= task.vocab_size and cfg.model.n_ctx >= task.seq_len
+        if cfg.model_kind == "gpt":
+            assert cfg.model.d_vocab >= task.vocab_size and cfg.model.n_ctx >= task.seq_len
+        else:
+            assert (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size) == task.image_shape
+            assert cfg.model.n_classes == task.n_classes
     assert load_config("compositions-direct").task["format"] == "direct"
+
+
+def test_model_kinds_fit_their_tasks():
+    cfg = load_config("shapes", ["model.kind=resnet", "model.depth=8", "model.norm=group", "task.target=colour"])
+    assert cfg.model_kind == "resnet" and cfg.model.norm == "group" and cfg.model.n_classes == 4
+    assert config_from_json(__import__("json").dumps(cfg.to_dict())).model == cfg.model  # the kind survives a round trip
+    assert "kind" not in load_config("demo").to_dict()["model"]  # GPT configs read as before model kinds
+    with pytest.raises(ConfigError, match="model.kind=gpt cannot read task 'shapes' \\(images\\); kinds that fit: mlp, vgg, resnet"):
+        load_config("shapes", ["model.kind=gpt"])
+    with pytest.raises(ConfigError, match="model.kind=vgg cannot read task 'compositions' \\(tokens\\); kinds that fit: gpt"):
+        load_config("demo", ["model.kind=vgg"])
+    with pytest.raises(ConfigError, match="bad value 'transformer' for 'model.kind'; valid: gpt, mlp, vgg, resnet"):
+        load_config("shapes", ["model.kind=transformer"])
+    with pytest.raises(ConfigError, match="unknown model.norm 'bn'; valid: none, batch"):
+        load_config("shapes", ["model.norm=bn"])
+    with pytest.raises(ConfigError, match="model.image_size=32 does not fit task 'shapes' \\(image_size = 28\\)"):
+        load_config("shapes", ["model.image_size=32"])
 
 
 def test_overrides_set_typed_fields():

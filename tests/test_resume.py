@@ -12,19 +12,23 @@ from caplab import RunStore, load_config, run_experiment
 from helpers import TINY, caplab, without_timing
 
 LONG = TINY + ["train.steps=200", "train.eval_every=10", "train.checkpoint_every=10"]
-
-
-def _set_args():
-    return [arg for item in LONG for arg in ("--set", item)]
+# a CNN with BatchNorm (running statistics are part of the state) on rendered images
+SHAPES_LONG = ["task.image_size=16", "task.eval_samples=64", "model.width=8", "model.depth=3", "model.stages=2",
+               "train.batch_size=16", "train.steps=200", "train.warmup_steps=4", "train.eval_every=10",
+               "train.checkpoint_every=10", "train.progress=never"]
+OVERRIDES = {"demo": LONG, "shapes": SHAPES_LONG}
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_gives_exactly_the_uninterrupted_metrics(tmp_path):
-    reference = RunStore(run_experiment(load_config("demo", LONG), tmp_path / "reference"))
+@pytest.mark.parametrize("recipe", ["demo", "shapes"])
+def test_resume_after_sigkill_gives_exactly_the_uninterrupted_metrics(tmp_path, recipe):
+    overrides = OVERRIDES[recipe]
+    reference = RunStore(run_experiment(load_config(recipe, overrides), tmp_path / "reference"))
 
     root = tmp_path / "killed"
     env = {**os.environ, "PYTHONWARNINGS": "error"}
-    proc = subprocess.Popen([sys.executable, "-m", "caplab.cli", "run", "demo", *_set_args(), "--root", str(root)],
+    set_args = [arg for item in overrides for arg in ("--set", item)]
+    proc = subprocess.Popen([sys.executable, "-m", "caplab.cli", "run", recipe, *set_args, "--root", str(root)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     killed_at = None

@@ -209,12 +209,13 @@ def cmd_resume(args) -> None:
 
 def cmd_runs(args) -> None:
     from caplab.runs.catalog import Catalog
+    from caplab.tasks.base import DATA_UNITS
 
     catalog = Catalog(_root(args))
     if args.rebuild:
         print(f"caplab: catalog rebuilt from {catalog.rebuild()} run directories", file=sys.stderr)
     rows = catalog.runs(recipe=args.recipe, status=args.status)
-    headline = sorted({k for r in rows for k, v in r["summary"].items() if k not in ("step", "tokens") and isinstance(v, float)})
+    headline = sorted({k for r in rows for k, v in r["summary"].items() if k not in ("step", *DATA_UNITS) and isinstance(v, float)})
     table = [["run", "recipe", "status", "step", *headline]]
     for r in rows:
         s = r["summary"]

@@ -22,6 +22,7 @@ import yaml
 
 from caplab.errors import ConfigError
 from caplab.models.gpt import GPTConfig
+from caplab.models.registry import MODEL_KINDS, build_model, kinds_reading, model_kind_of, task_fields
 from caplab.tasks import TASKS, Task, make_task
 from caplab.tasks.corpus import CORPUS_KEYS, CorpusConfig
 from caplab.train.trainer import TrainConfig
@@ -36,17 +37,27 @@ class ExperimentConfig:
     recipe: str
     description: str
     task: dict  # {"name": ..., **task Config fields}, validated by the task
-    model: GPTConfig = field(default_factory=GPTConfig)
+    model: Any = field(default_factory=GPTConfig)  # the config of a kind in caplab.models.registry.MODEL_KINDS
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    @property
+    def model_kind(self) -> str:
+        return model_kind_of(self.model)
+
     def to_dict(self) -> dict:
+        # a GPT's section has no `kind` key, as before model kinds existed (old and new configs read the same)
+        kind = {} if self.model_kind == "gpt" else {"kind": self.model_kind}
         return {
             "recipe": self.recipe,
             "description": self.description,
             "task": dict(self.task),
-            "model": dataclasses.asdict(self.model),
+            "model": {**kind, **dataclasses.asdict(self.model)},
             "train": dataclasses.asdict(self.train),
         }
+
+    def make_model(self):
+        """A freshly initialised model of this config (seed torch first)."""
+        return build_model(self.model)
 
     def make_task(self) -> Task:
         params = {k: v for k, v in self.task.items() if k != "name"}
@@ -249,14 +260,7 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
-    model_raw = dict(data.get("model") or {})
-    model_raw.setdefault("d_vocab", task.vocab_size)
-    model_raw.setdefault("n_ctx", task.seq_len)
-    model = build_dataclass(GPTConfig, model_raw, "model")
-    if model.d_vocab < task.vocab_size:
-        raise ConfigError(f"model.d_vocab={model.d_vocab} is smaller than the task's vocabulary ({task.vocab_size})")
-    if model.n_ctx < task.seq_len:
-        raise ConfigError(f"model.n_ctx={model.n_ctx} is shorter than the task's sequences ({task.seq_len})")
+    model = resolve_model(dict(data.get("model") or {}), task, task_name)
     train = build_dataclass(TrainConfig, dict(data.get("train") or {}), "train")
     return ExperimentConfig(
         recipe=str(data.get("recipe", name)),
@@ -265,6 +269,32 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
         model=model,
         train=train,
     )
+
+
+def resolve_model(model_raw: dict, task: Task, task_name: str):
+    """The model config of `model_raw` (`kind` picks the family, default gpt), its task-fixed fields filled in."""
+    kind = model_raw.pop("kind", "gpt")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"bad value {kind!r} for 'model.kind'; valid: {', '.join(MODEL_KINDS)}")
+    if MODEL_KINDS[kind].reads != task.input_kind:
+        raise ConfigError(f"model.kind={kind} cannot read task {task_name!r} ({task.input_kind}); "
+                          f"kinds that fit: {', '.join(kinds_reading(task.input_kind))}")
+    fixed = task_fields(kind, task)
+    if kind == "gpt":  # a GPT may be larger than the task needs (a shared vocabulary), never smaller
+        for key, value in fixed.items():
+            model_raw.setdefault(key, value)
+        model = build_dataclass(GPTConfig, model_raw, "model")
+        if model.d_vocab < task.vocab_size:
+            raise ConfigError(f"model.d_vocab={model.d_vocab} is smaller than the task's vocabulary ({task.vocab_size})")
+        if model.n_ctx < task.seq_len:
+            raise ConfigError(f"model.n_ctx={model.n_ctx} is shorter than the task's sequences ({task.seq_len})")
+        return model
+    for key, value in fixed.items():
+        if key in model_raw and model_raw[key] != value:
+            raise ConfigError(f"model.{key}={model_raw[key]} does not fit task {task_name!r} ({key} = {value}); "
+                              "the task sets it")
+        model_raw[key] = value
+    return build_dataclass(MODEL_KINDS[kind].config, model_raw, "model")
 
 
 def load_config(recipe: str, overrides: list[str] = ()) -> ExperimentConfig:

@@ -27,13 +27,13 @@ def build(cfg: ExperimentConfig, store: Optional[RunStore] = None, root: Optiona
     """
     task = cfg.make_task()
     torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model)
+    model = cfg.make_model()
     if cfg.train.init_from:
         load_initial_weights(model, cfg.train.init_from, root)
     return task, model, Trainer(task, model, cfg.train, store)
 
 
-def load_initial_weights(model: GPT, source: str, root: Optional[Path] = None) -> dict:
+def load_initial_weights(model: torch.nn.Module, source: str, root: Optional[Path] = None) -> dict:
     """Load "RUN" or "RUN@STEP" weights (hash-checked) into `model`; return the checkpoint's manifest entry."""
     name, _, step = source.partition("@")
     if step and not step.isdigit():
@@ -82,7 +82,7 @@ def _prepare(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: 
 
 
 def _finish(store: RunStore, task, final: dict, catalog: Catalog) -> Path:
-    summary = {"step": final.get("step"), "tokens": final.get("tokens"), "flops": final.get("flops"),
+    summary = {"step": final.get("step"), task.unit: final.get(task.unit), "flops": final.get("flops"),
                "eval_loss": final.get("eval_loss"), **task.headline(final)}
     if task.phase_metrics:
         summary["emergence_order"] = _emergence_order(store.metrics(), task.phase_metrics)
@@ -165,7 +165,7 @@ def _emergence_order(records: list[dict], metrics: tuple[str, ...]) -> list[dict
 def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optional[str] = None) -> RunStore:
     """A new run directory holding `cfg` (status "created"), catalogued; nothing trained yet."""
     if cfg.train.init_from:  # a missing source, checkpoint or shape mismatch fails before anything is created
-        load_initial_weights(GPT(cfg.model), cfg.train.init_from, root)
+        load_initial_weights(cfg.make_model(), cfg.train.init_from, root)
     files = {"config.json": cfg.to_dict(), "task.json": cfg.make_task().describe()}
     store = RunStore.create(cfg.recipe, root, run_id=run_id, files=files)
     Catalog(store.path.parent).upsert_run(store)
@@ -246,11 +246,11 @@ def resume_run(name: str, root: Optional[Path] = None) -> Path:
     return _train(store, cfg, Catalog(store.path.parent), restore=True)
 
 
-def load_model(name: str, step: Optional[int] = None, root: Optional[Path] = None) -> tuple[GPT, ExperimentConfig]:
+def load_model(name: str, step: Optional[int] = None, root: Optional[Path] = None) -> tuple[torch.nn.Module, ExperimentConfig]:
     """The model of run `name` at `step` (default: newest checkpoint), hash-checked, no unpickling."""
     store = RunStore.open(name, root)
     cfg = config_from_json((store.path / "config.json").read_text())
-    model = GPT(dataclasses.replace(cfg.model))
+    model = cfg.make_model()
     tensors, _ = store.load_weights(step)
     model.load_state_dict(tensors)
     return model.eval(), cfg

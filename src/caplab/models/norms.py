@@ -163,7 +163,13 @@ class WeightNormConv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.gain = nn.Parameter(self.weight.detach().flatten(1).norm(dim=1))
+        self.gain = nn.Parameter(torch.empty(self.out_channels))
+        self.reset_gain()
+
+    def reset_gain(self) -> None:
+        """g = ||V||: the effective weight equals the raw one (call after re-initialising V)."""
+        with torch.no_grad():
+            self.gain.copy_(self.weight.flatten(1).norm(dim=1))
 
     def effective_weight(self) -> torch.Tensor:
         norms = self.weight.flatten(1).norm(dim=1).clamp_min(1e-12)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from caplab.runs.store import RunStore, runs_root
+from caplab.tasks.base import DATA_UNITS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -84,10 +85,10 @@ class Catalog:
 
     def add_metrics(self, run_id: str, records: Iterable[dict]) -> None:
         rows = [
-            (run_id, int(r["step"]), int(r.get("tokens", 0)), name, float(value))
+            (run_id, int(r["step"]), int(next((r[u] for u in DATA_UNITS if u in r), 0)), name, float(value))
             for r in records
             for name, value in r.items()
-            if name not in ("step", "tokens") and isinstance(value, (int, float)) and not isinstance(value, bool)
+            if name not in ("step", *DATA_UNITS) and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")

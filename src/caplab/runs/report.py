@@ -20,8 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from caplab.runs.store import RunStore, atomic_write_bytes  # noqa: E402
+from caplab.tasks.base import DATA_UNITS  # noqa: E402
 
-NOT_CAPABILITIES = {"step", "tokens", "flops", "lr", "elapsed_s", "eval_s", "train_loss", "eval_loss"}
+NOT_CAPABILITIES = {"step", *DATA_UNITS, "flops", "lr", "elapsed_s", "eval_s", "train_loss", "eval_loss"}
 
 
 def _label(store: RunStore) -> str:
@@ -188,7 +189,7 @@ def write_report(stores: list[RunStore], out_dir: Path) -> Path:
         records = store.metrics()
         final = records[-1] if records else {}
         for key, value in final.items():
-            if key not in ("step", "tokens", "lr", "elapsed_s"):
+            if key not in ("step", *DATA_UNITS, "lr", "elapsed_s"):
                 parts.append(f"<tr><td>{html.escape(store.path.name)}</td><td>{html.escape(store.info()['status'])}</td>"
                              f"<td>{html.escape(key)}</td><td>{value:.4f}</td></tr>")
     parts.append("</table><h2>Figures</h2>")

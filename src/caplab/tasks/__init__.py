@@ -6,14 +6,18 @@ import dataclasses
 
 from caplab.errors import ConfigError
 from caplab.tasks.base import Batch, Task
+from caplab.tasks.cifar10 import Cifar10
 from caplab.tasks.compositions import Compositions
 from caplab.tasks.concept_language import ConceptLanguage
 from caplab.tasks.corpus import CORPUS_KEYS, Corpus, CorpusConfig
+from caplab.tasks.digits import Digits
+from caplab.tasks.images import ImageTask
 from caplab.tasks.pcfg_counting import PCFGCounting
 from caplab.tasks.rasp_counting import RaspCounting
+from caplab.tasks.shapes import Shapes
 
-TASKS: dict[str, type[Task]] = {Compositions.name: Compositions, ConceptLanguage.name: ConceptLanguage, PCFGCounting.name: PCFGCounting,
-                               RaspCounting.name: RaspCounting}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Compositions, ConceptLanguage, PCFGCounting, RaspCounting,
+                                                            Shapes, Digits, Cifar10)}
 
 
 def make_task(name: str, **overrides) -> Task:
@@ -37,4 +41,5 @@ def make_task(name: str, **overrides) -> Task:
     return Corpus(task, corpus_cfg) if corpus_cfg.corpus_size else task
 
 
-__all__ = ["Batch", "Task", "TASKS", "make_task", "Corpus", "Compositions", "ConceptLanguage", "PCFGCounting", "RaspCounting"]
+__all__ = ["Batch", "Task", "ImageTask", "TASKS", "make_task", "Corpus", "Compositions", "ConceptLanguage", "PCFGCounting",
+           "RaspCounting", "Shapes", "Digits", "Cifar10"]

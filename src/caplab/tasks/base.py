@@ -1,7 +1,8 @@
 """The Task contract: a data-generating process that samples batches and scores models.
 
-A Task owns its vocabulary, its sequence length and its default config (a
-dataclass named `Config` on the class). Sampling is vectorised in torch, seeded
+A Task owns its inputs (a vocabulary and sequence length, or an image shape),
+its objective (`loss`: how a model's outputs on a batch are scored) and its
+default config (a dataclass named `Config` on the class). Sampling is vectorised in torch, seeded
 by an explicit generator and happens on the training device. A Task never
 knows about the Trainer or the Run that uses it.
 """
@@ -12,23 +13,35 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 @dataclass
 class Batch:
-    """One training batch.
+    """One training batch; what each tensor holds is the task's to define.
 
-    tokens:    (batch, pos) input ids.
-    targets:   (batch, pos) next-token ids (tokens shifted left by one).
-    loss_mask: (batch, pos) float, 1 where the target counts towards the loss.
-    labels:    extra per-sequence annotations instruments may need.
+    inputs:  what the model reads: (batch, pos) token ids for token tasks, (batch, C, H, W) images for image tasks.
+    targets: what the objective compares the output with: (batch, pos) next-token ids, (batch,) class ids.
+    mask:    float, 1 where a target counts towards the loss: (batch, pos) for tokens, (batch,) for images.
+    labels:  extra per-sample annotations instruments may need (parse annotations, concept values, ...).
     """
 
-    tokens: torch.Tensor
+    inputs: torch.Tensor
     targets: torch.Tensor
-    loss_mask: torch.Tensor
+    mask: torch.Tensor
     labels: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> torch.Tensor:  # the name token tasks and their instruments use
+        return self.inputs
+
+    @property
+    def loss_mask(self) -> torch.Tensor:
+        return self.mask
+
+
+DATA_UNITS = ("tokens", "images")  # the units tasks count their data in; logged beside `step`, never a metric
 
 
 class Task:
@@ -38,9 +51,22 @@ class Task:
     Config: ClassVar[type]
     primary_metric: ClassVar[str] = "eval_loss"  # the capability sweeps track by default
     phase_metrics: ClassVar[tuple[str, ...]] = ()  # capabilities whose order of emergence a study reports
+    input_kind: ClassVar[str] = "tokens"  # what the model reads: "tokens" or "images" (which model kinds fit)
+    unit: ClassVar[str] = "tokens"  # what throughput and the data seen are counted in
 
     vocab_size: int
     seq_len: int  # length of `tokens` in a batch
+
+    @property
+    def units_per_sample(self) -> int:
+        """Units (`unit`) in one sample: a token sequence's length, 1 for an image."""
+        return self.seq_len
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The objective a model is trained on: here masked next-token cross-entropy over (batch, pos, vocab) logits."""
+        per_token = F.cross_entropy(outputs.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
+        mask = batch.mask.flatten()
+        return (per_token * mask).sum() / mask.sum()
 
     def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
         raise NotImplementedError

@@ -71,7 +71,10 @@ class Corpus(Task):
         self.task, self.cfg = task, cfg
         self.name, self.Config = task.name, task.Config
         self.primary_metric, self.phase_metrics = task.primary_metric, task.phase_metrics
-        self.vocab_size, self.seq_len = task.vocab_size, task.seq_len
+        self.input_kind, self.unit = task.input_kind, task.unit
+        for name in ("vocab_size", "seq_len", "image_shape", "n_classes"):  # the inputs' shape, whichever the task has
+            if hasattr(task, name):
+                setattr(self, name, getattr(task, name))
         self._documents: dict[str, Batch] = {}
         self._order: Optional[tuple[int, torch.Tensor]] = None  # (epoch seed, permutation)
         self.epoch, self.epoch_seed, self.position = 0, 0, cfg.corpus_size  # the first draw starts epoch 1
@@ -101,6 +104,13 @@ class Corpus(Task):
             need -= take
         return _select(data, torch.cat(parts).to(data.tokens.device))
 
+    @property
+    def units_per_sample(self) -> int:
+        return self.task.units_per_sample
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return self.task.loss(outputs, batch)
+
     def held_out(self, batch_size: int, generator: torch.Generator, device) -> Batch:
         return self.task.sample(batch_size, generator, device)
 
@@ -122,7 +132,7 @@ class Corpus(Task):
         """The task's facts and the corpus's (drawing it here, so a request it cannot meet fails before a run exists)."""
         docs = self.documents(torch.device("cpu"))
         return {**self.task.describe(), "corpus": {"documents": self.cfg.corpus_size, "seed": self.cfg.corpus_seed,
-                                                   "target_tokens": int(docs.loss_mask.sum())}}
+                                                   "target_tokens": int(docs.mask.sum())}}
 
     # the data state a checkpoint keeps: where in which epoch, plus the task's own
     def observe(self, batch: Batch) -> None:

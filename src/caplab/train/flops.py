@@ -59,3 +59,17 @@ def attention_flops(cfg: GPTConfig, batch: int, seq_len: int, backward: bool = F
 def training_step_flops(cfg: GPTConfig, batch: int, seq_len: int, frozen: Mapping[str, float] = {}) -> int:
     """Forward + backward FLOPs of one training step on (batch, seq_len) tokens."""
     return linear_flops(cfg, batch, seq_len, True, frozen) + attention_flops(cfg, batch, seq_len, True)
+
+
+def model_step_flops(model, batch: int, task, frozen: Mapping[str, float] = {}) -> "int | None":
+    """Training FLOPs of one step of `model` on `batch` samples of `task`, or None for a model that cannot count them.
+
+    A model with a `training_step_flops(batch, frozen)` method (the image models) counts its own; a caplab
+    GPT is counted from its shape here.
+    """
+    if hasattr(model, "training_step_flops"):
+        return model.training_step_flops(batch, frozen)
+    shape = getattr(model, "cfg", None)
+    if isinstance(shape, GPTConfig):
+        return training_step_flops(shape, batch, task.seq_len, frozen)
+    return None

@@ -1,8 +1,9 @@
-"""A model-agnostic trainer: online batches from a Task, AdamW, schedules, callbacks.
+"""A model-agnostic trainer: online batches from a Task, the task's objective, schedules, callbacks.
 
-Nothing here knows about GPT (except that a model with a `GPTConfig` as its
-`cfg` gets its training FLOPs counted, `caplab.train.flops`, and logged as
-cumulative `flops`). The trainer draws a fresh batch from the task
+Nothing here knows about tokens, images or GPT: the task scores the model's
+outputs (`Task.loss`) and counts the data in its own unit (tokens, images);
+the model counts its training FLOPs (`caplab.train.flops.model_step_flops`),
+logged as cumulative `flops`. The trainer draws a fresh batch from the task
 every step (on the device, from its own seeded generator), evaluates and
 checkpoints on log-spaced-then-uniform schedules (like Pythia), and can be
 restored from a checkpoint to continue exactly where it stopped.
@@ -24,16 +25,14 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Optional, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from caplab.errors import ConfigError, TrainingDiverged
-from caplab.models.gpt import GPTConfig
 from caplab.tasks.base import Task
 from caplab.train import state as train_state
 from caplab.train.optim import make_adamw, make_sgd, warmup_cosine
-from caplab.train.flops import training_step_flops
+from caplab.train.flops import model_step_flops
 from caplab.train.spectral import make_spectral
 
 EVENTS = ("on_train_start", "on_backward_end", "on_optimizer_step_end", "on_step_end", "on_eval", "on_checkpoint",
@@ -125,7 +124,7 @@ class Trainer:
 
     Arguments:
         task: the data-generating process (also scores the model).
-        model: any nn.Module mapping (batch, pos) token ids to (batch, pos, vocab) logits.
+        model: any nn.Module mapping a batch's inputs to the outputs the task's objective scores.
         cfg: TrainConfig.
         store: optional sink for metrics and checkpoints.
     """
@@ -144,10 +143,10 @@ class Trainer:
             self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.step = 0
-        self.tokens_per_step = cfg.batch_size * task.seq_len
-        # training FLOPs per step, for models whose shape we can count (caplab GPTs); logged as cumulative `flops`
-        shape = getattr(model, "cfg", None)
-        self.flops_per_step = training_step_flops(shape, cfg.batch_size, task.seq_len) if isinstance(shape, GPTConfig) else None
+        self.unit = task.unit  # tokens, images, ...: what `units_per_step` and the logged data count
+        self.units_per_step = cfg.batch_size * task.units_per_sample
+        # training FLOPs per step, for models that can count theirs; logged as cumulative `flops`
+        self.flops_per_step = model_step_flops(model, cfg.batch_size, task)
         self.flops_spent = 0  # cumulative, including any kernel estimates of modular adaptive training
         self.flops_this_step = lambda: self.flops_per_step  # MAT replaces it (frozen modules skip weight gradients)
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
@@ -219,11 +218,10 @@ class Trainer:
     # ------------------------------------------------------------ steps
 
     def loss(self, batch) -> torch.Tensor:
+        """The task's objective on the model's outputs for `batch`."""
         with self.autocast():
-            logits = self.forward(batch.tokens)  # (B, T, V)
-        per_token = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="none")
-        mask = batch.loss_mask.flatten()
-        return (per_token * mask).sum() / mask.sum()
+            outputs = self.forward(batch.inputs)
+        return self.task.loss(outputs, batch)
 
     def train_step(self) -> float:
         for group in self.optimizer.param_groups:
@@ -266,11 +264,11 @@ class Trainer:
                 raise TrainingDiverged(f"parameter {name} is not finite at step {self.step}; the last good checkpoint is kept")
         if self.store is not None:
             model, extra, meta = self.state_tensors()
-            self.store.save_checkpoint(self.step, self.step * self.tokens_per_step, model, extra, meta)
+            self.store.save_checkpoint(self.step, self.step * self.units_per_step, model, extra, meta)
         self._fire("on_checkpoint", step=self.step)
 
     def _eval_and_log(self, train_loss: Optional[float], fit_start: float) -> dict:
-        record = {"step": self.step, "tokens": self.step * self.tokens_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
+        record = {"step": self.step, self.unit: self.step * self.units_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
         if self.flops_per_step is not None:
             record["flops"] = self.flops_spent
         if self.mat is not None:
@@ -327,7 +325,7 @@ class Trainer:
                 first_of_restored = self.restored and self.step == resumed_at
                 if self.step in evals and not first_of_restored:
                     record = self._eval_and_log(last_loss, start)
-                    bar.set_postfix(_headline(record), refresh=False)
+                    bar.set_postfix(self._headline(record), refresh=False)
                 stop = not first_of_restored and self._should_stop()
                 if stop and self.step not in evals:
                     record = self._eval_and_log(last_loss, start)
@@ -340,15 +338,15 @@ class Trainer:
                 bar.update(1)
                 now = time.perf_counter()
                 if now - window_start > 1.0:
-                    rate = (self.step - window_step) * self.tokens_per_step / (now - window_start)
-                    bar.set_postfix({"tok/s": f"{rate:,.0f}", "loss": f"{last_loss:.3f}", **_headline(self.last_record)})
+                    rate = (self.step - window_step) * self.units_per_step / (now - window_start)
+                    bar.set_postfix({f"{self.unit}/s": f"{rate:,.0f}", "loss": f"{last_loss:.3f}", **self._headline(self.last_record)})
                     window_start, window_step = now, self.step
         finally:
             bar.close()
         self._fire("on_train_end", record=self.last_record)
         return self.last_record
 
-
-def _headline(record: dict) -> dict:
-    keys = [k for k in ("eval_loss", "unseen_exact") if k in record]
-    return {k: f"{record[k]:.3f}" for k in keys}
+    def _headline(self, record: dict) -> dict:
+        """The held-out loss and the task's primary metric, for the progress bar."""
+        keys = dict.fromkeys(k for k in ("eval_loss", self.task.primary_metric) if k in record)
+        return {k: f"{record[k]:.3f}" for k in keys}

@@ -38,6 +38,10 @@ def test_model_kinds_fit_their_tasks():
         load_config("shapes", ["model.norm=bn"])
     with pytest.raises(ConfigError, match="model.image_size=32 does not fit task 'shapes' \\(image_size = 28\\)"):
         load_config("shapes", ["model.image_size=32"])
+    with pytest.raises(ConfigError, match="train.mat_every .* needs model.kind=gpt"):
+        load_config("shapes", ["train.mat_every=10"])
+    with pytest.raises(ConfigError, match="train.ensemble > 1 needs model.kind=gpt"):
+        load_config("shapes", ["train.ensemble=2"])
 
 
 def test_overrides_set_typed_fields():

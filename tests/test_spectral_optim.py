@@ -53,8 +53,30 @@ def test_spectral_parameters_are_the_attention_and_mlp_matrices():
     cfg = load_config("demo", TINY)
     _, model, _ = build(cfg)
     names = spectral_parameters(model)
-    assert names and all(".attn." in n or ".mlp." in n for n in names)
-    assert "embed.weight" not in names
+    expected = [n for n, p in model.named_parameters() if p.dim() == 2 and (".attn." in n or ".mlp." in n)]
+    assert names == expected and "embed.weight" not in names
+
+
+@pytest.mark.parametrize("kind", ["vgg", "resnet", "mlp"])
+def test_image_models_give_muon_their_hidden_layers_and_it_steps_flattened_filters(kind):
+    from caplab.config import resolve
+
+    model = {"kind": kind, "width": 8, "depth": {"vgg": 3, "resnet": 8, "mlp": 2}[kind]}
+    cfg = resolve("muon-on-images", {"task": {"name": "shapes", "image_size": 16, "eval_samples": 16}, "model": model,
+                                     "train": {"optimizer": "muon", "lr": 0.01, "weight_decay": 0, "grad_clip": 0,
+                                               "warmup_steps": 0, "batch_size": 32}})  # full-rank gradients
+    _, model, trainer = build(cfg)
+    names = spectral_parameters(model)
+    input_layer = model.input_layer
+    assert names and not any(n.startswith(input_layer + ".") or n.startswith("classifier") for n in names)
+    hidden = [n for n in names if dict(model.named_parameters())[n].dim() == (2 if kind == "mlp" else 4)]
+    assert hidden == names  # every hidden weight, conv filters included
+    param = dict(model.named_parameters())[names[-1]]
+    start = param.detach().clone()
+    trainer.train_step()
+    step = param.detach() - start
+    rms = step.norm().item() / math.sqrt(step.numel())
+    assert 0.6 * 0.2 * 0.01 < rms < 1.25 * 0.2 * 0.01  # the orthogonalised step of the (out, in k k) matrix
 
 
 @pytest.mark.parametrize("method", ["muon", "spectra"])

@@ -262,6 +262,12 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
 
     model = resolve_model(dict(data.get("model") or {}), task, task_name)
     train = build_dataclass(TrainConfig, dict(data.get("train") or {}), "train")
+    if model_kind_of(model) != "gpt":  # both act on a GPT's heads and MLPs, or stack GPT weights
+        if train.mat_every:
+            raise ConfigError("train.mat_every (modular adaptive training) needs model.kind=gpt: its modules are "
+                              "attention heads and MLPs")
+        if train.ensemble > 1:
+            raise ConfigError("train.ensemble > 1 needs model.kind=gpt; train image models one seed per run")
     return ExperimentConfig(
         recipe=str(data.get("recipe", name)),
         description=str(data.get("description", "")).strip(),

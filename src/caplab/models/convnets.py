@@ -117,6 +117,8 @@ class ImageClassifier(HookedModule):
 
 
 class VGG(ImageClassifier):
+    input_layer = "blocks.0.conv"  # fed the data (optimizers such as Muon treat it as an input layer)
+
     def __init__(self, cfg: VGGConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -176,6 +178,8 @@ class _ResidualBlock(nn.Module):
 
 
 class ResNet(ImageClassifier):
+    input_layer = "stem"
+
     def __init__(self, cfg: ResNetConfig) -> None:
         super().__init__()
         self.cfg = cfg

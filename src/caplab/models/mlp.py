@@ -47,6 +47,8 @@ class _Hidden(nn.Module):
 
 
 class MLP(ImageClassifier):
+    input_layer = "blocks.0.linear"
+
     def __init__(self, cfg: MLPConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -38,8 +38,12 @@ NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # quintic coefficients of Jordan et a
 
 
 def spectral_parameters(model: nn.Module) -> list[str]:
-    """Names of the 2-D weights of attention and MLP layers."""
-    return [n for n, p in model.named_parameters() if p.dim() == 2 and (".attn." in n or ".mlp." in n)]
+    """Names of the hidden layers' weight matrices: a GPT's attention and MLP weights, an image model's conv
+    filters (flattened to out x in k k) and hidden linear weights. The layer fed the data (`input_layer`), the
+    embeddings and the classifier stay with AdamW, as in Muon's recipe."""
+    first = getattr(model, "input_layer", None)
+    return [n for n, p in model.named_parameters()
+            if n.startswith("blocks.") and p.dim() >= 2 and (first is None or not n.startswith(first + "."))]
 
 
 def orthogonalise(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -105,7 +109,7 @@ class SpectralOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if group["spectral"] and p.dim() == 2:
+                if group["spectral"] and p.dim() >= 2:
                     self._spectral_step(p, group)
                 else:
                     self._adamw_step(p, group)
@@ -117,19 +121,20 @@ class SpectralOptimizer(torch.optim.Optimizer):
             state["momentum_buffer"] = torch.zeros_like(p)
         buffer = state["momentum_buffer"]
         buffer.mul_(group["momentum"]).add_(p.grad)
+        grad, buffer = p.grad.view(p.shape[0], -1), buffer.view(p.shape[0], -1)  # a conv's filters as (out, in k k)
         if group["method"] == "muon":
-            update = orthogonalise(p.grad + group["momentum"] * buffer, group["newton_schulz_steps"])  # Nesterov
-            scale = UPDATE_RMS * math.sqrt(max(p.shape))
+            update = orthogonalise(grad + group["momentum"] * buffer, group["newton_schulz_steps"])  # Nesterov
+            scale = UPDATE_RMS * math.sqrt(max(buffer.shape))
         else:
             if group["rank_fraction"] > 0:
-                k = max(1, round(group["rank_fraction"] * min(p.shape)))
+                k = max(1, round(group["rank_fraction"] * min(buffer.shape)))
                 update, state["basis"] = suppress_spike(buffer, state.get("basis"), k, group["power_iterations"])
             else:  # the control: the same rescaled momentum step with no spike removed
                 update = buffer
             rms = update.norm() / math.sqrt(update.numel())
             scale = UPDATE_RMS / (rms.item() + 1e-8)
         p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.sub_(update * (group["lr"] * scale))  # a tensor product: a divergent lr overflows to inf, not an exception
+        p.sub_(update.view_as(p) * (group["lr"] * scale))  # a tensor product: a divergent lr overflows to inf, not an exception
 
     def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from caplab.compare_study import _variant_recipe, load_compare
+from caplab.studies.compare import _variant_recipe, load_compare
 from caplab.config import resolve
 from caplab.experiment import build
 

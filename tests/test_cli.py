@@ -128,8 +128,10 @@ def test_percolation_recipe_simulates_and_compares_with_theory(tmp_path):
     assert "percolation" in caplab("runs", root=tmp_path).stdout
     bad = caplab("run", "percolation", "--set", "train.steps=3", root=tmp_path)
     assert bad.returncode == 2 and "percolation.KEY=VALUE" in bad.stderr
-    again = caplab("resume", run_dir.name, root=tmp_path)
-    assert again.returncode == 2 and "not a training run" in again.stderr
+    before = (run_dir / "summary.json").read_text()
+    again = caplab("resume", run_dir.name, root=tmp_path)  # a finished simulation: nothing to continue, nothing changed
+    assert again.returncode == 0 and again.stdout.strip() == str(run_dir), again.stderr
+    assert (run_dir / "summary.json").read_text() == before
 
 
 CONCEPT_TINY = [arg for item in ["task.eval_samples=8", "task.eval_reachable=16", "model.n_layers=1", "model.d_model=32",

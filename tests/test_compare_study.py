@@ -5,7 +5,7 @@ import json
 import pytest
 
 from caplab.analysis.emergence import loss_reach
-from caplab.compare_study import compare_curves, create_compare, load_compare, run_compare
+from caplab.studies.compare import compare_curves, create_compare, load_compare, run_compare
 from caplab.errors import ConfigError
 
 TINY_MAT = ["base.train.steps=40", "base.train.eval_every=10", "base.train.checkpoint_every=40", "base.train.progress=never",

@@ -70,3 +70,14 @@ def test_seed_phase_figure_recovers_each_runs_emergence_points(tmp_path):
     assert (tmp_path / "phases.png").is_file()
     assert seed_phase_figure([r[:3] for r in runs], ("early",), tmp_path / "none.png") == {}  # too few evaluations
     assert not (tmp_path / "none.png").exists()
+
+
+def test_t_intervals_use_students_quantiles():
+    from caplab.analysis.intervals import T_975, mean_interval
+
+    stats = pytest.importorskip("scipy.stats")
+    assert all(abs(q - stats.t.ppf(0.975, df)) < 1e-3 for df, q in enumerate(T_975, start=1))
+    out = mean_interval([1.0, 2.0, 3.0, None])  # None: a seed that never got there is not a value
+    half = stats.t.ppf(0.975, 2) * 1.0 / 3 ** 0.5
+    assert out["n"] == 3 and out["mean"] == 2.0 and out["interval"] == pytest.approx([2 - half, 2 + half], abs=1e-3)
+    assert mean_interval([5.0])["interval"] is None and mean_interval([])["mean"] is None

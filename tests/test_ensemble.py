@@ -3,7 +3,7 @@ import torch
 
 from caplab import ConfigError, RunStore, TrainingDiverged, load_config, run_ensemble, run_experiment
 from caplab.experiment import build
-from caplab.runs.sweep import create_sweep, run_sweep
+from caplab.studies.sweep import create_sweep, run_sweep
 from caplab.train.ensemble import EnsembleGPT, EnsembleTrainer
 from helpers import TINY, without_timing
 

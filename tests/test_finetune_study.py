@@ -6,7 +6,7 @@ import math
 import pytest
 
 from caplab.errors import ConfigError
-from caplab.finetune_study import create_study, load_study, run_study
+from caplab.studies.finetune import create_study, load_study, run_study
 from caplab.runs.store import RunStore
 from helpers import caplab
 
@@ -94,7 +94,7 @@ def test_a_diverging_cell_is_a_result_and_the_study_goes_on(tmp_path):
 
 
 def test_seeded_study_plans_one_chain_per_seed(tmp_path):
-    from caplab.finetune_study import plan
+    from caplab.studies.finetune import plan
 
     name, _, sections, cfg = load_study("finetune-tracr", TINY_STUDY + ["study.seeds=2"])
     stages = plan(name, sections, cfg)
@@ -107,7 +107,7 @@ def test_seeded_study_plans_one_chain_per_seed(tmp_path):
 
 
 def test_table_means_and_intervals_over_seeds():
-    from caplab.finetune_study import FinetuneStudyConfig, _table
+    from caplab.studies.finetune import FinetuneStudyConfig, _table
 
     cfg = FinetuneStudyConfig(lr_names=["m"], learning_rates=[1e-3], correlations=[1.0], focus_lr="m")
     chains = [{"prior": "low", "cells": [{"lr_name": "m", "lr": 1e-3, "correlation": 1.0, "count_b": v,

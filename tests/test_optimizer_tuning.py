@@ -5,10 +5,9 @@ import json
 import pytest
 
 from caplab import ConfigError
-from caplab.cli import _print_tuning
-from caplab.optimizer_tuning import aggregate
+from caplab.studies.optimizer_tuning import aggregate, summary_lines
 from caplab.runs.store import RunStore, atomic_write_json
-from caplab.runs.sweep import create_sweep, run_sweep
+from caplab.studies.sweep import create_sweep, run_sweep
 from helpers import TINY
 
 
@@ -30,7 +29,7 @@ def _synthetic(tmp_path, curves):
     return path
 
 
-def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_path, capsys):
+def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_path):
     line = lambda slope: [(s, 4.0 - slope * s) for s in (0, 10, 20, 30)]  # noqa: E731  reaches 2.0 at step 2 / slope
     path = _synthetic(tmp_path, {
         ("adamw", 1e-3): [("completed", line(0.05)), ("completed", line(0.05))],   # reach 2.0 at step 40: never
@@ -50,8 +49,7 @@ def test_best_tuned_reach_steps_stability_edge_and_ratios_on_known_curves(tmp_pa
     ratio = summary["ratios"]["muon"]["reach_step"]
     assert ratio["ratio"] == pytest.approx(0.5) and ratio["interval"] == pytest.approx([0.5, 0.5])
     assert json.loads((path / "optimizer_tuning.json").read_text())["target_loss"] == 2.0
-    _print_tuning(summary)
-    lines = capsys.readouterr().out.splitlines()
+    lines = summary_lines(summary)
     assert lines[1].startswith("adamw") and "best lr 0.01" in lines[1] and "step 20 [20, 20]" in lines[1]
     assert "unstable from lr 0.1" in lines[1] and "reach_step x0.50 [0.50, 0.50]" in lines[3]
 

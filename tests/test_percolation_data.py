@@ -5,8 +5,8 @@ import pytest
 
 from caplab import ConfigError
 from caplab.analysis.emergence import peak_read
-from caplab.percolation_data import graph_reachability
-from caplab.runs.sweep import create_sweep, plan, run_sweep
+from caplab.studies.percolation_data import graph_reachability
+from caplab.studies.sweep import create_sweep, plan, run_sweep
 
 
 def test_graph_reachability_closed_forms():
@@ -60,7 +60,7 @@ def test_a_data_percolation_sweep_fits_thresholds_from_every_curve(tmp_path):
     assert saved["curves"] == 4 and (path / "figures" / "data_percolation_scaling.png").is_file()
     # read at the peak; the final read of the same runs is carried beside it and matches their last evaluation
     assert summary["read"] == "peak" and len(summary["final_read"]["thresholds"]) == 2
-    from caplab.runs.sweep import completed_runs
+    from caplab.studies.sweep import completed_runs
 
     evaluations = [store.metrics() for _, store in completed_runs(path)]
     finals = sorted(v for u in summary["units"] for v in u["score_final"])

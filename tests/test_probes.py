@@ -53,7 +53,7 @@ def test_attention_patterns_are_causal_distributions():
 
 
 def test_attention_figure_is_written(tmp_path):
-    from caplab.runs.report import attention_figure
+    from caplab.studies.finetune_report import attention_figure
 
     torch.manual_seed(0)
     model = GPT(CFG)

@@ -11,7 +11,7 @@ import pytest
 
 from caplab import ConfigError, RunStore
 from caplab.runs.store import atomic_write_json
-from caplab.runs.sweep import aggregate, create_sweep, curves_by_setting, parse_grid, plan
+from caplab.studies.sweep import aggregate, create_sweep, curves_by_setting, parse_grid, plan
 from helpers import TINY, caplab
 
 TINY_SWEEP = [arg for item in TINY + ["train.steps=40", "train.eval_every=10", "train.checkpoint_every=10"]
@@ -173,7 +173,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
 
 def test_a_reserved_but_half_created_run_is_created_afresh(tmp_path):
     """The window a kill can hit: id reserved in sweep.json, run directory still being assembled."""
-    from caplab.runs.sweep import run_sweep
+    from caplab.studies.sweep import run_sweep
 
     overrides = TINY + ["train.steps=4"]
     path = create_sweep("demo", {}, 1, overrides, root=tmp_path)
@@ -211,3 +211,19 @@ def test_a_recipe_sweep_section_drives_caplab_run(tmp_path):
     path.write_text(yaml.safe_dump({**recipe, "sweep": {"grid": {"task.n_train_compositions": [4]}, "seedz": 2}}))
     bad = caplab("run", str(path), root=tmp_path / "cli")
     assert bad.returncode == 2 and "unknown key 'sweep.seedz'" in bad.stderr
+
+
+def test_caplab_resume_takes_a_sweep_id_and_a_study_id(tmp_path):
+    path = create_sweep("demo", {}, 1, TINY + ["train.steps=4"], root=tmp_path)
+    result = caplab("resume", path.name, root=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(path)
+    assert json.loads((path / "summary.json").read_text())["runs_completed"] == 1
+
+    from caplab.studies import locate
+
+    study = tmp_path / "studies" / "old-style-study"
+    study.mkdir(parents=True)
+    (study / "study.json").write_text("{}")  # written before study kinds were recorded: a fine-tuning study
+    assert locate("old-style-study", tmp_path) == ("finetune", study)
+    assert locate(path.name, tmp_path) == ("sweep", path)

@@ -20,191 +20,42 @@ def _root(args) -> Path | None:
     return Path(args.root) if args.root else None
 
 
+def _print(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+
+
 def cmd_run(args) -> None:
-    from caplab.config import load_config, load_recipe, recipe_kind
-    from caplab.experiment import run_experiment
+    from caplab.studies import run_recipe
 
-    kind = recipe_kind(load_recipe(args.recipe)[1])
-    if kind == "sweep":
-        from caplab.runs.sweep import create_sweep
-
-        return _run_sweep(create_sweep(args.recipe, {}, None, args.set, None, _root(args)))
-    if kind == "percolation":
-        return _run_percolation(args)
-    if kind == "finetune":
-        from caplab.finetune_study import create_study
-
-        return _run_study(create_study(args.recipe, args.set, _root(args)))
-    if kind == "compare":
-        from caplab.compare_study import create_compare
-
-        return _run_compare(create_compare(args.recipe, args.set, _root(args)))
-    cfg = load_config(args.recipe, args.set)
-    if cfg.train.ensemble > 1:
-        from caplab.experiment import run_ensemble
-
-        print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps), an ensemble of {cfg.train.ensemble} seeds", file=sys.stderr)
-        for path in run_ensemble(cfg, _root(args)):
-            print(path)
-        return
-    print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
-    path = run_experiment(cfg, _root(args))
-    print(path)
+    _print(run_recipe(args.recipe, args.set, _root(args)))
 
 
 def cmd_demo(args) -> None:
-    from caplab.demo import run_demo
+    from caplab.studies.demo import run_demo
 
     run_demo(args.set, _root(args))
 
 
-def _run_percolation(args) -> None:
-    from caplab.config import load_percolation_config
-    from caplab.percolation_study import run_percolation_study
-    from caplab.runs.store import read_json
-
-    name, description, cfg = load_percolation_config(args.recipe, args.set)
-    print(f"caplab: simulating the class graph ({cfg.trials} trials per point)", file=sys.stderr)
-    path = run_percolation_study(cfg, name, description, _root(args))
-    s = read_json(path / "summary.json")
-    print(f"critical density: measured {s['critical_density_measured']:.5f} "
-          f"[{s['critical_density_interval'][0]:.5f}, {s['critical_density_interval'][1]:.5f}], "
-          f"predicted 1/sqrt(|E_c||K_c|) = {s['critical_density_predicted']:.5f}")
-    print(f"critical pairs:   measured {s['critical_pairs_measured']:.0f} "
-          f"[{s['critical_pairs_interval'][0]:.0f}, {s['critical_pairs_interval'][1]:.0f}], "
-          f"predicted sqrt(|E_c||K_c|) = {s['critical_pairs_predicted']:.0f}")
-    print(f"scaling with |K_c|: exponent {s['scaling_exponent']:.3f} "
-          f"[{s['scaling_interval'][0]:.3f}, {s['scaling_interval'][1]:.3f}], predicted {s['scaling_exponent_predicted']}")
-    print(path)
-
-
 def cmd_sweep(args) -> None:
-    from caplab.runs.sweep import create_sweep, open_sweep, parse_grid
+    from caplab.studies import sweep
 
     if args.resume:
-        path = open_sweep(args.resume, _root(args))
+        path = sweep.open_sweep(args.resume, _root(args))
         if args.metric:  # finished runs are kept; only the aggregate changes
-            from caplab.runs.sweep import set_sweep_metric
-
-            set_sweep_metric(path, args.metric)
+            sweep.set_sweep_metric(path, args.metric)
     elif args.recipe:
-        path = create_sweep(args.recipe, parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args), args.ensemble)
+        path = sweep.create_sweep(args.recipe, sweep.parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args),
+                                  args.ensemble)
     else:
         raise ConfigError("give a recipe to sweep, or --resume SWEEP")
-    _run_sweep(path)
-
-
-def _run_sweep(path: Path) -> None:
-    from caplab.runs.sweep import run_sweep
-
-    print(f"caplab sweep: {path}", file=sys.stderr)
-    summary = run_sweep(path)
-    from caplab.runs.report import format_interval
-
-    if "optimizer_tuning" in summary:
-        _print_tuning(summary["optimizer_tuning"])
-    for s in ([] if "optimizer_tuning" in summary else summary["settings"]):
-        print(f"{s['label']:<40} final {summary['metric']} {s['final_mean']:.3f} +- {s['final_std']:.3f}   "
-              f"reaches {summary['level']} at step {format_interval(s['crossing'])}")
-        if "at_fit" in s:
-            af = s["at_fit"]
-            where = f"{af['metric']} >= {af['level']:g}"
-            value = f"{af['mean']:.3f} [{af['low']:.3f}, {af['high']:.3f}]" if af["mean"] is not None else "none"
-            print(f"{'':<40} where {where}: {value} ({af['reached']}/{af['runs']} runs got there)")
-        if "peak" in s:
-            pk = s["peak"]
-            print(f"{'':<40} at its peak {pk['mean']:.3f} [{pk['low']:.3f}, {pk['high']:.3f}] (median step {pk['median_step']:g})")
-    for failed in summary.get("failed_runs", []):
-        label = ", ".join(f"{k}={v}" for k, v in failed["setting"].items()) or "default"
-        print(f"{label:<40} seed {failed['seed']} failed: {failed['error']}")
-    if summary["scaling"]:
-        sc = summary["scaling"]
-        print(f"scaling: step ~ {sc['key']}^{sc['exponent']:.3f}  95% CI [{sc['low']:.3f}, {sc['high']:.3f}]")
-    print(path)
-
-
-def _print_tuning(tuning: dict) -> None:
-    """One line per optimizer: best-tuned rate, steps and seconds to the target, the stability edge, the ratios."""
-    print(f"held-out loss target {tuning['target_loss']:g}; reference {tuning['reference']}")
-    for name, opt in tuning["optimizers"].items():
-        edge = f"unstable from lr {opt['smallest_unstable_lr']:g}" if opt["smallest_unstable_lr"] else "stable across the grid"
-        if opt["best_reaches_target"]:
-            lo, hi = opt["best_reach_step_interval"]
-            reach = f"reaches it at step {opt['best_reach_step']:.0f} [{lo:.0f}, {hi:.0f}], {opt['best_reach_train_s']:.1f} s"
-        else:
-            reach = f"never reaches it (best final loss {opt['best_final_eval_loss']:.3f})"
-        best = f"{opt['best_lr']:g}" if opt["best_lr"] is not None else "none"
-        best += " (at the grid's edge)" if opt.get("best_at_edge") else ""
-        print(f"{name:<10} best lr {best:<7} {reach}; {edge}")
-    for name, row in tuning["ratios"].items():
-        parts = [f"{key} x{r['ratio']:.2f} [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]" for key, r in row.items() if r]
-        print(f"{name:<10} over {tuning['reference']}: " + ", ".join(parts))
-
-
-def _run_study(path: Path) -> None:
-    from caplab.finetune_study import run_study
-
-    print(f"caplab study: {path}", file=sys.stderr)
-    s = run_study(path)
-    from caplab.runs.finetune_report import cell_text
-
-    src, tgt = s["source_metric"], s["target_metric"]
-    print(f"mean [95% t-interval] over {s['seeds']} seed(s)")
-    for row in s["table"]:
-        prior = f"prior {row['prior']} " if row["prior"] else ""
-        line = (f"{prior}lr {row['lr_name']:<7} CTr {row['correlation']:<4g} {tgt} {cell_text(row[tgt])} (CTe 0) "
-                f"{cell_text(row[tgt + '_cte1'])} (CTe 1)   {src} {cell_text(row[src])}")
-        if "pruning_gain" in row:
-            line += (f"   pruning {src} {cell_text(row['pruning_gain'])} (random units {cell_text(row['pruning_gain_random'])},"
-                     f" same units pretrained {cell_text(row['pruning_gain_pretrained'])})")
-        print(line)
-    for prior, base in s["baselines"].items():
-        steps = ", ".join(f"{stage} {values}" for stage, values in base["revival_steps"].items())
-        prior = "of the recipe" if prior == "None" else prior
-        print(f"prior {prior}: count(b) = count(a) + 1 by itself in {cell_text(base['natural_shortcut_rate'])}; "
-              f"steps to {src} >= {s['reach']}: {steps}")
-    print(path)
-
-
-def _run_compare(path: Path) -> None:
-    from caplab.compare_study import run_compare
-
-    print(f"caplab compare: {path}", file=sys.stderr)
-    s = run_compare(path)
-    what = "target" if s["target_from"] == "recipe" else f"target: final held-out loss of {s['reference']} ="
-    print(f"{what} {s['target_eval_loss']:.4f}; means over {s['seeds']} seed(s)")
-    for name, v in s["variants"].items():
-        if v["reach_flops"] is None:
-            reach = f"reached by {v['reached']}/{s['seeds']} seeds (>= {v['reach_flops_at_least']:.3g} FLOPs)"
-        else:
-            reach = f"reached at {v['reach_flops']:.3g} FLOPs (step {v['reach_step']:.0f})"
-        saving = "" if v["flops_saving"] is None else f", saving {v['flops_saving']:+.1%}"
-        if v["flops_saving_interval"]:
-            saving += f" [{v['flops_saving_interval'][0]:+.1%}, {v['flops_saving_interval'][1]:+.1%}]"
-        print(f"{name:<14} final loss {v['final_eval_loss']:.4f}  {v['flops']:.3g} FLOPs  {v['elapsed_s']:.0f} s  {reach}{saving}")
-    for target, variants in s.get("at_targets", {}).items():
-        parts = []
-        for name, v in variants.items():
-            text = f"{name} {v['reached']}/{s['seeds']}"
-            if v["flops_saving"] is not None and name != s["reference"]:
-                text += f" {v['flops_saving']:+.0%}"
-            parts.append(text)
-        print(f"held-out loss {target}: seeds reaching it and FLOP saving: " + ", ".join(parts))
-    print(path)
+    _print(sweep.resume(path))
 
 
 def cmd_resume(args) -> None:
-    from caplab.experiment import resume_run
-    from caplab.runs.store import runs_root
+    from caplab.studies import resume
 
-    root = _root(args)
-    if (Path(args.run) / "study.json").is_file() or ((root or runs_root()) / "studies" / args.run / "study.json").is_file():
-        from caplab.finetune_study import open_study
-        from caplab.runs.store import read_json
-
-        path = open_study(args.run, root)
-        return _run_compare(path) if read_json(path / "study.json").get("kind") == "compare" else _run_study(path)
-    print(resume_run(args.run, root))
+    _print(resume(args.run, _root(args)))
 
 
 def cmd_runs(args) -> None:
@@ -309,7 +160,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep (its folder or name)")
     p.set_defaults(fn=cmd_sweep)
 
-    p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint, or an interrupted fine-tuning study"))
+    p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint, or an interrupted sweep or study"))
     p.add_argument("run")
     p.set_defaults(fn=cmd_resume)
 

@@ -94,36 +94,15 @@ def recipe_description(name: str) -> str:
     return str(load_recipe(name)[1].get("description", "")).strip().splitlines()[0]
 
 
-RECIPE_KINDS = ("train", "percolation", "finetune", "compare")
-
-
 def recipe_kind(data: dict) -> str:
-    """"train" (one training run), "sweep" (a training recipe with a `sweep:` section), "percolation", "finetune" or "compare"."""
+    """The recipe's `kind` ("train" when absent; "sweep" for a training recipe with a `sweep:` section).
+
+    Which kinds exist is the studies registry's to say (`caplab.studies.KINDS`), which checks it.
+    """
     kind = data.get("kind", "train")
-    if kind not in RECIPE_KINDS:
-        raise ConfigError(f"bad value {kind!r} for 'kind'; valid: {', '.join(RECIPE_KINDS)}")
+    if not isinstance(kind, str):
+        raise ConfigError(f"bad value {kind!r} for 'kind'; expected a name")
     return "sweep" if kind == "train" and "sweep" in data else kind
-
-
-def load_percolation_config(recipe: str, overrides: list[str] = ()):
-    """The PercolationStudyConfig of a `kind: percolation` recipe, with `percolation.KEY=VALUE` overrides."""
-    from caplab.percolation_study import PercolationStudyConfig
-
-    name, data = load_recipe(recipe)
-    if recipe_kind(data) != "percolation":
-        raise ConfigError(f"recipe {recipe!r} is not a percolation recipe")
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        section, _, field_name = key.partition(".")
-        if not sep or section != "percolation" or not field_name:
-            raise ConfigError(f"bad override {item!r}; a percolation recipe takes percolation.KEY=VALUE")
-        data.setdefault("percolation", {})[field_name] = parse_value(raw)
-    unknown = [k for k in data if k not in ("kind", "description", "percolation")]
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, percolation")
-    cfg = build_dataclass(PercolationStudyConfig, dict(data.get("percolation") or {}), "percolation")
-    return name, str(data.get("description", "")).strip(), cfg
 
 
 # ---------------------------------------------------------------- overrides

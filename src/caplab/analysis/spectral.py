@@ -26,6 +26,16 @@ from functools import lru_cache
 from typing import Optional
 
 import torch
+from torch import nn
+
+
+def spectral_parameters(model: nn.Module) -> list[str]:
+    """Names of the hidden layers' weight matrices: a GPT's attention and MLP weights, an image model's conv
+    filters (flattened to out x in k k) and hidden linear weights. The layer fed the data (`input_layer`), the
+    embeddings and the classifier stay with AdamW, as in Muon's recipe."""
+    first = getattr(model, "input_layer", None)
+    return [n for n, p in model.named_parameters()
+            if n.startswith("blocks.") and p.dim() >= 2 and (first is None or not n.startswith(first + "."))]
 
 
 def spectrum_summary(matrix: torch.Tensor, k: int) -> tuple[dict, torch.Tensor]:
@@ -78,7 +88,6 @@ class SpectralDiagnostics:
     def __call__(self, trainer, loss: float) -> None:
         if trainer.step % self.every:
             return
-        from caplab.train.spectral import spectral_parameters
 
         names = self.names or spectral_parameters(trainer.model)
         params = dict(trainer.model.named_parameters())

@@ -59,7 +59,6 @@ def type_checks(task, tokens: torch.Tensor, symbols: torch.Tensor) -> dict[str, 
     nV, half = cfg.values_per_property, cfg.n_classes // 2
     token_class = T["token_class"][tokens]
     value = (tokens - task.value_offset).clamp(0, task.n_values - 1)
-    prop = value // nV
     following = torch.cat([tokens[:, 1:], torch.full_like(tokens[:, :1], G.PAD)], 1)
 
     is_subject = symbols == G.S_SUBJECT

@@ -34,7 +34,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from caplab.errors import ConfigError, TrainingDiverged
 from caplab.models.gpt import GPT, GPTConfig

@@ -33,17 +33,10 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from caplab.analysis.spectral import spectral_parameters  # which weights are hidden-layer matrices
+
 UPDATE_RMS = 0.2
 NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)  # quintic coefficients of Jordan et al. (2024)
-
-
-def spectral_parameters(model: nn.Module) -> list[str]:
-    """Names of the hidden layers' weight matrices: a GPT's attention and MLP weights, an image model's conv
-    filters (flattened to out x in k k) and hidden linear weights. The layer fed the data (`input_layer`), the
-    embeddings and the classifier stay with AdamW, as in Muon's recipe."""
-    first = getattr(model, "input_layer", None)
-    return [n for n, p in model.named_parameters()
-            if n.startswith("blocks.") and p.dim() >= 2 and (first is None or not n.startswith(first + "."))]
 
 
 def orthogonalise(matrix: torch.Tensor, steps: int = 5) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Figures and report.html of a fine-tuning study (`caplab.finetune_study`).
+"""Figures and report.html of a fine-tuning study (`caplab.studies.finetune`).
 
 Every figure draws seed means with 95% t-intervals (error bars) where a study has several seeds,
 one panel per operand prior where it has several priors.
@@ -6,18 +6,15 @@ one panel per operand prior where it has several priors.
 
 from __future__ import annotations
 
-import html
-import json
 from pathlib import Path
 
 import numpy as np
 
-from caplab.runs.report import _save, plt
-from caplab.runs.store import atomic_write_bytes
+from caplab.runs import html, plots
 
 
 def _panels(n: int, width: float = 6.4):
-    fig, axes = plt.subplots(n, 1, figsize=(width, 3.6 * n), dpi=110, squeeze=False)
+    fig, axes = plots.subplots(n, 1, width=width, height=3.6 * n, squeeze=False)
     return fig, list(axes[:, 0])
 
 
@@ -75,7 +72,7 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
         ax.axhline(natural, color="grey", ls="--", lw=0.8)
         ax.set_ylim(0, 1.1)
     names.append("wrapper.png")
-    _save(fig, figures / names[-1])
+    plots.save(fig, figures / names[-1])
 
     pruned = [r for r in summary["table"] if "pruning_gain" in r]
     if pruned:
@@ -89,7 +86,7 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
                   f"change of {src} at the best K", f"prior {prior}: what pruning revives, against its controls (cf. Fig. 7)")
             ax.axhline(0, color="black", lw=0.6)
         names.append("pruning_gain.png")
-        _save(fig, figures / names[-1])
+        plots.save(fig, figures / names[-1])
 
     by_prior = _by_prior(summary)
     fig, axes = _panels(len(by_prior))
@@ -110,7 +107,7 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     names.append("pruning.png")
-    _save(fig, figures / names[-1])
+    plots.save(fig, figures / names[-1])
 
     fig, axes = _panels(len(by_prior))
     for ax, (prior, chains) in zip(axes, by_prior.items()):
@@ -130,9 +127,9 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=3)
     names.append("probes.png")
-    _save(fig, figures / names[-1])
+    plots.save(fig, figures / names[-1])
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plots.subplots()
     labels = {"reverse": "reverse fine-tuning (from the focus cell)", "scratch": "from scratch",
               "swapped-ft": "swapped-operand pretraining + fine-tuning"}
     for chain in summary["chains"]:
@@ -148,16 +145,16 @@ def finetune_figures(figures: Path, summary: dict) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     names.append("revival.png")
-    _save(fig, figures / names[-1])
+    plots.save(fig, figures / names[-1])
 
     attention = summary["chains"][0]["attention"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plots.subplots()
     heads = [f"L{h['layer']}H{h['head']}" for h in attention["pretrained"]]
     _bars(ax, heads, {f"{model}: onto {letter} tokens": [{"mean": h[f"onto_{letter}"], "interval": None} for h in attention[model]]
                       for model in ("pretrained", "finetuned") for letter in ("a", "b")},
           "attention mass from the readout position", "where the readout position looks, first chain (cf. the Tracr attention maps)")
     names.append("attention.png")
-    _save(fig, figures / names[-1])
+    plots.save(fig, figures / names[-1])
     return names
 
 
@@ -181,14 +178,27 @@ def write_finetune_report(path: Path, summary: dict) -> Path:
         for r in summary["table"])
     header = "".join(f"<th>{html.escape(h)}</th>" for h in (
         "prior", "lr", "CTr", f"{tgt} (CTe 0)", f"{tgt} (CTe 1)", src, "pruning gain", "random units", "same units, pretrained"))
-    text = ("<!doctype html><html><head><meta charset='utf-8'><title>caplab fine-tuning study</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}pre{background:#f6f6f6;padding:8px}"
-            f"</style></head><body><h1>Fine-tuning study {html.escape(path.name)}</h1>"
-            f"<p>Mean [95% t-interval] over {summary['seeds']} seed(s).</p>"
-            f"<table><tr>{header}</tr>{rows}</table>"
-            + "".join(f"<img src='figures/{n}' alt='{n}'>" for n in names)
-            + f"<h2>Summary</h2><pre>{html.escape(json.dumps({k: v for k, v in summary.items() if k != 'chains'}, indent=2))}"
-            "</pre></body></html>")
-    atomic_write_bytes(path / "report.html", text.encode())
-    return path / "report.html"
+    body = [f"<h1>Fine-tuning study {html.escape(path.name)}</h1>",
+            f"<p>Mean [95% t-interval] over {summary['seeds']} seed(s).</p>", f"<table><tr>{header}</tr>{rows}</table>",
+            *html.images(names), html.json_block("Summary", {k: v for k, v in summary.items() if k != "chains"})]
+    return html.write_page(path / "report.html", "caplab fine-tuning study", body)
+
+
+def attention_figure(patterns, heads: list[tuple[int, int]], labels: list[str], path: Path) -> Path:
+    """Heat maps of attention patterns of one sequence, one panel per (layer, head).
+
+    Arguments:
+        patterns: (len(heads), query_pos, key_pos), e.g. `attention_patterns(model, tokens, heads)[:, row]`.
+        labels: one name per position (the sequence's tokens).
+    """
+    n = len(heads)
+    fig, axes = plots.subplots(1, n, width=3.4 * n, height=3.4, squeeze=False)
+    for ax, pattern, (layer, head) in zip(axes[0], patterns, heads):
+        ax.imshow(np.asarray(pattern.detach().cpu().float()), cmap="Blues", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=6)
+        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        ax.set_title(f"layer {layer}, head {head}", fontsize=8)
+        ax.set_xlabel("key")
+    axes[0][0].set_ylabel("query")
+    plots.save(fig, Path(path))
+    return Path(path)

@@ -28,8 +28,8 @@ from caplab.analysis.emergence import bootstrap, peak_read, sigmoid_midpoint, th
 from caplab.analysis.censored import censored_power_law
 from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError, TrainingDiverged
-from caplab.experiment import complete_reserved_run
-from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json, runs_root
+from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json
+from caplab.studies.folder import complete, new_folder, reserve
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -127,11 +127,7 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
         check_ensemble(configs[0].model, configs[0].train)
     if metric is None:
         sweep["metric"] = configs[0].make_task().primary_metric
-    root = Path(root) if root is not None else runs_root()
-    path = root / "sweeps" / RunStore.new_run_id(Path(recipe).stem)
-    path.mkdir(parents=True)
-    atomic_write_json(path / "sweep.json", sweep)
-    return path
+    return new_folder("sweeps", Path(recipe).stem, "sweep.json", sweep, root)
 
 
 def set_sweep_metric(path: Path, metric: str) -> None:
@@ -152,10 +148,8 @@ def run_sweep(path: Path) -> dict:
     runs_dir = path.parent.parent
     configs = [load_config(sweep["recipe"], _entry_overrides(sweep, entry)) for entry in sweep["runs"]]
     for group in _groups(sweep, configs):
-        if any(sweep["runs"][i]["run_id"] is None for i in group):  # reserve ids first, so a crash never leaves an unlisted run
-            for i in group:
-                sweep["runs"][i]["run_id"] = sweep["runs"][i]["run_id"] or RunStore.new_run_id(configs[i].recipe)
-            atomic_write_json(path / "sweep.json", sweep)
+        for i in group:
+            reserve(path / "sweep.json", sweep, sweep["runs"][i], "run_id", configs[i].recipe)
         fresh = [i for i in group if not (runs_dir / sweep["runs"][i]["run_id"] / "run.json").is_file()]
         if len(group) > 1 and len(fresh) == len(group):  # never started: train them together
             from caplab.experiment import create_run, train_ensemble
@@ -173,28 +167,18 @@ def run_sweep(path: Path) -> dict:
         for i in group:  # one at a time: single runs, and members of an ensemble that was interrupted
             entry = sweep["runs"][i]
             label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
-            run_dir = runs_dir / entry["run_id"]
-            info = RunStore(run_dir).info() if (run_dir / "run.json").is_file() else {}
-            if info.get("status") == "failed":
-                print(f"caplab sweep: {label}: kept as failed ({info['error']}); "
-                      f"`caplab resume {entry['run_id']}` retries it", file=sys.stderr)
-                continue
-            try:
-                complete_reserved_run(configs[i], runs_dir, entry["run_id"],
-                                      lambda how: print(f"caplab sweep: {label}: {how} {entry['run_id']}", file=sys.stderr))
-            except TrainingDiverged as exc:
-                print(f"caplab sweep: {label}: diverged: {exc}", file=sys.stderr)
+            complete(configs[i], runs_dir, entry["run_id"], label, "sweep", keep_failed=True)
     summary = aggregate(path)
-    from caplab.runs.report import write_sweep_report
+    from caplab.studies.sweep_report import write_sweep_report
 
     if sweep.get("analysis") == "data_percolation":
-        from caplab import percolation_data
-        from caplab.runs.report import data_percolation_figures
+        from caplab.studies import percolation_data
+        from caplab.studies.sweep_report import data_percolation_figures
 
         summary["data_percolation"] = percolation_data.aggregate(path, summary["level"], read=sweep.get("read", "final"))
         data_percolation_figures(path / "figures", summary["data_percolation"])
     if sweep.get("analysis") == "optimizer_tuning":
-        from caplab import optimizer_tuning
+        from caplab.studies import optimizer_tuning
 
         summary["optimizer_tuning"] = optimizer_tuning.aggregate(path, sweep["target_loss"], sweep.get("reference", "adamw"))
         optimizer_tuning.tuning_figure(path, summary["optimizer_tuning"])
@@ -375,3 +359,44 @@ def _scaling_fit(sweep: dict, groups: dict, level: float, n_boot: int = 500) -> 
     low, high = np.percentile(samples, [2.5, 97.5])
     n_censored = sum(not np.isfinite(threshold_crossing(g["steps"], g["curves"].mean(0), level)) for g in group_list)
     return {"key": key, "exponent": exponent, "low": float(low), "high": float(high), "censored_settings": n_censored}
+
+
+# ---------------------------------------------------------------- the study-kind interface (caplab.studies)
+
+
+def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> list[str]:
+    return resume(create_sweep(recipe, {}, None, overrides, None, root))
+
+
+def resume(path: Path) -> list[str]:
+    print(f"caplab sweep: {path}", file=sys.stderr)
+    return summary_lines(run_sweep(path)) + [str(path)]
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """Per setting: the final metric, the step reaching the level, the fit and peak reads; failures; the scaling fit."""
+    from caplab.studies.sweep_report import format_interval
+
+    if "optimizer_tuning" in summary:
+        from caplab.studies.optimizer_tuning import summary_lines as tuning_lines
+
+        return tuning_lines(summary["optimizer_tuning"])
+    lines = []
+    for s in summary["settings"]:
+        lines.append(f"{s['label']:<40} final {summary['metric']} {s['final_mean']:.3f} +- {s['final_std']:.3f}   "
+                     f"reaches {summary['level']} at step {format_interval(s['crossing'])}")
+        if "at_fit" in s:
+            af = s["at_fit"]
+            where = f"{af['metric']} >= {af['level']:g}"
+            value = f"{af['mean']:.3f} [{af['low']:.3f}, {af['high']:.3f}]" if af["mean"] is not None else "none"
+            lines.append(f"{'':<40} where {where}: {value} ({af['reached']}/{af['runs']} runs got there)")
+        if "peak" in s:
+            pk = s["peak"]
+            lines.append(f"{'':<40} at its peak {pk['mean']:.3f} [{pk['low']:.3f}, {pk['high']:.3f}] (median step {pk['median_step']:g})")
+    for failed in summary.get("failed_runs", []):
+        label = ", ".join(f"{k}={v}" for k, v in failed["setting"].items()) or "default"
+        lines.append(f"{label:<40} seed {failed['seed']} failed: {failed['error']}")
+    if summary["scaling"]:
+        sc = summary["scaling"]
+        lines.append(f"scaling: step ~ {sc['key']}^{sc['exponent']:.3f}  95% CI [{sc['low']:.3f}, {sc['high']:.3f}]")
+    return lines

@@ -47,7 +47,7 @@ DEFAULT_RANK = 0.015  # TrainConfig.spectral_rank_fraction
 
 def _records(path: Path) -> list[dict]:
     """Every run of the sweep that completed or failed: optimizer, lr, seed, status and its evaluations."""
-    from caplab.runs.sweep import sweep_runs
+    from caplab.studies.sweep import sweep_runs
 
     out = []
     for entry, store in sweep_runs(path, ("completed", "failed")):
@@ -187,9 +187,9 @@ def _ratios(optimizers: dict, reference: str, rng, n_boot: int) -> dict:
 
 def tuning_figure(path: Path, summary: dict) -> Optional[Path]:
     """Final held-out loss against learning rate per optimizer (unstable seeds marked), the target dashed."""
-    from caplab.runs.report import _save, plt
+    from caplab.runs import plots
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    fig, ax = plots.subplots()
     for i, (name, opt) in enumerate(summary["optimizers"].items()):
         lrs = [float(lr) for lr in opt["settings"]]
         finals = [s["final_eval_loss"] if s["final_eval_loss"] is not None else np.nan for s in opt["settings"].values()]
@@ -207,5 +207,24 @@ def tuning_figure(path: Path, summary: dict) -> Optional[Path]:
     ax.legend(fontsize=7)
     out = Path(path) / "figures" / "optimizer_tuning.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, out)
+    plots.save(fig, out)
     return out
+
+
+def summary_lines(tuning: dict) -> list[str]:
+    """One line per optimizer: best-tuned rate, steps and seconds to the target, the stability edge, the ratios."""
+    lines = [f"held-out loss target {tuning['target_loss']:g}; reference {tuning['reference']}"]
+    for name, opt in tuning["optimizers"].items():
+        edge = f"unstable from lr {opt['smallest_unstable_lr']:g}" if opt["smallest_unstable_lr"] else "stable across the grid"
+        if opt["best_reaches_target"]:
+            lo, hi = opt["best_reach_step_interval"]
+            reach = f"reaches it at step {opt['best_reach_step']:.0f} [{lo:.0f}, {hi:.0f}], {opt['best_reach_train_s']:.1f} s"
+        else:
+            reach = f"never reaches it (best final loss {opt['best_final_eval_loss']:.3f})"
+        best = f"{opt['best_lr']:g}" if opt["best_lr"] is not None else "none"
+        best += " (at the grid's edge)" if opt.get("best_at_edge") else ""
+        lines.append(f"{name:<10} best lr {best:<7} {reach}; {edge}")
+    for name, row in tuning["ratios"].items():
+        parts = [f"{key} x{r['ratio']:.2f} [{r['interval'][0]:.2f}, {r['interval'][1]:.2f}]" for key, r in row.items() if r]
+        lines.append(f"{name:<10} over {tuning['reference']}: " + ", ".join(parts))
+    return lines

@@ -38,8 +38,6 @@ held-out loss against FLOPs, steps and seconds, one line per seed.
 from __future__ import annotations
 
 import copy
-import html
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -49,7 +47,9 @@ import numpy as np
 from caplab.analysis.emergence import loss_reach
 from caplab.config import load_recipe, merge_recipe, parse_value, recipe_kind, resolve, set_key
 from caplab.errors import ConfigError
-from caplab.runs.store import RunStore, atomic_write_bytes, atomic_write_json, read_json, runs_root
+from caplab.runs import html, plots
+from caplab.runs.store import RunStore, atomic_write_json, read_json
+from caplab.studies.folder import complete, new_folder, reserve
 
 
 def load_compare(recipe: str, overrides: list[str] = ()) -> tuple[str, dict]:
@@ -108,12 +108,8 @@ def create_compare(recipe: str, overrides: list[str] = (), root: Optional[Path] 
     name, spec = load_compare(recipe, overrides)
     for variant in spec["variants"]:  # every variant's config is valid before anything runs
         resolve(f"{name}.{variant}", _variant_recipe(name, spec, variant, 0, {"mat_alpha": 0.5, "mat_frozen": []}))
-    root = Path(root) if root is not None else runs_root()
-    path = root / "studies" / RunStore.new_run_id(name)
-    path.mkdir(parents=True)
-    atomic_write_json(path / "study.json", {"recipe": name, "kind": "compare", **spec,
-                                            "runs": {v: [None] * spec["seeds"] for v in spec["variants"]}})
-    return path
+    return new_folder("studies", name, "study.json",
+                      {"recipe": name, "kind": "compare", **spec, "runs": {v: [None] * spec["seeds"] for v in spec["variants"]}}, root)
 
 
 def _study_runs(study: dict) -> dict[str, list]:
@@ -136,8 +132,6 @@ def _matched(study: dict, variant: str, runs_dir: Path, run_ids: dict[str, list]
 
 
 def run_compare(path: Path) -> dict:
-    from caplab.experiment import complete_reserved_run
-
     path = Path(path)
     study = read_json(path / "study.json")
     study["runs"] = run_ids = _study_runs(study)
@@ -147,12 +141,9 @@ def run_compare(path: Path) -> dict:
         for i, variant in enumerate(study["variants"]):
             matched = _matched(study, variant, runs_dir, run_ids, seed)
             cfg = resolve(f"{study['recipe']}.{variant}", _variant_recipe(study["recipe"], study, variant, seed, matched))
-            if run_ids[variant][seed] is None:
-                run_ids[variant][seed] = RunStore.new_run_id(cfg.recipe)
-                atomic_write_json(path / "study.json", study)
+            run_id = reserve(path / "study.json", study, run_ids[variant], seed, cfg.recipe)
             label = f"[{i + 1}/{len(study['variants'])}] {variant}" + (f" seed {seed}" if seeds > 1 else "")
-            run_id = run_ids[variant][seed]
-            complete_reserved_run(cfg, runs_dir, run_id, lambda how: print(f"caplab compare: {label}: {how} {run_id}", file=sys.stderr))
+            complete(cfg, runs_dir, run_id, label, "compare", divergence_is_result=False)
     curves = {v: [RunStore(runs_dir / r).metrics() for r in ids] for v, ids in run_ids.items()}
     summary = compare_curves(curves, study["reference"], study.get("target_loss"))
     if study.get("read_targets"):
@@ -266,13 +257,11 @@ def compare_curves(curves: dict[str, list[list[dict]]], reference: str, target_l
 
 
 def write_compare_report(path: Path, summary: dict, curves: dict[str, list[list[dict]]]) -> Path:
-    from caplab.runs.report import _save, plt
-
     figures = path / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     names = []
     for key, label, log in (("flops", "training FLOPs", True), ("step", "training step", True), ("elapsed_s", "wall-clock seconds", False)):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+        fig, ax = plots.subplots()
         for i, (variant, seeds) in enumerate(curves.items()):
             for seed, records in enumerate(seeds):
                 points = [(r[key], r["eval_loss"]) for r in records if key in r and r[key] and "eval_loss" in r]
@@ -288,23 +277,18 @@ def write_compare_report(path: Path, summary: dict, curves: dict[str, list[list[
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         names.append(f"loss_vs_{key}.png")
-        _save(fig, figures / names[-1])
+        plots.save(fig, figures / names[-1])
     rows = "".join(
         f"<tr><td>{html.escape(v)}</td><td>{s['final_eval_loss']:.4f}</td><td>{(s['flops'] or 0):.3g}</td>"
         f"<td>{_fmt(s['reach_flops'], '.3g')} ({s['reached']}/{summary['seeds']})</td><td>{_fmt(s['flops_saving'], '+.1%')}"
         f"{_interval_text(s['flops_saving_interval'])}</td><td>{_fmt(s['reach_step'], '.0f')}</td>"
         f"<td>{_fmt(s['mean_active_fraction'], '.2f')}</td></tr>" for v, s in summary["variants"].items())
-    text = ("<!doctype html><html><head><meta charset='utf-8'><title>caplab comparison</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
-            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}pre{background:#f6f6f6;padding:8px}</style>"
-            f"</head><body><h1>Comparison {html.escape(path.name)}</h1><p>target held-out loss "
+    body = [f"<h1>Comparison {html.escape(path.name)}</h1><p>target held-out loss "
             f"{summary['target_eval_loss']:.4f} ({html.escape(summary['target_from'])}); seed means over {summary['seeds']} "
             f"seed(s)</p><table><tr><th>variant</th>"
             "<th>final loss</th><th>FLOPs</th><th>FLOPs to target (seeds reaching)</th><th>saving [95% CI]</th><th>step at target</th>"
-            f"<th>active share</th></tr>{rows}</table>" + "".join(f"<img src='figures/{n}' alt='{n}'>" for n in names)
-            + f"<h2>Summary</h2><pre>{html.escape(json.dumps(summary, indent=2))}</pre></body></html>")
-    atomic_write_bytes(path / "report.html", text.encode())
-    return path / "report.html"
+            f"<th>active share</th></tr>{rows}</table>", *html.images(names), html.json_block("Summary", summary)]
+    return html.write_page(path / "report.html", "caplab comparison", body)
 
 
 def _interval_text(interval: Optional[list]) -> str:
@@ -313,3 +297,39 @@ def _interval_text(interval: Optional[list]) -> str:
 
 def _fmt(value, spec: str) -> str:
     return "never" if value is None else format(value, spec)
+
+
+# ---------------------------------------------------------------- the study-kind interface (caplab.studies)
+
+
+def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> list[str]:
+    return resume(create_compare(recipe, overrides, root))
+
+
+def resume(path: Path) -> list[str]:
+    print(f"caplab compare: {path}", file=sys.stderr)
+    return summary_lines(run_compare(path)) + [str(path)]
+
+
+def summary_lines(s: dict) -> list[str]:
+    """Per variant: final loss, FLOPs, where it reached the target and its saving; then each read target."""
+    what = "target" if s["target_from"] == "recipe" else f"target: final held-out loss of {s['reference']} ="
+    lines = [f"{what} {s['target_eval_loss']:.4f}; means over {s['seeds']} seed(s)"]
+    for name, v in s["variants"].items():
+        if v["reach_flops"] is None:
+            reach = f"reached by {v['reached']}/{s['seeds']} seeds (>= {v['reach_flops_at_least']:.3g} FLOPs)"
+        else:
+            reach = f"reached at {v['reach_flops']:.3g} FLOPs (step {v['reach_step']:.0f})"
+        saving = "" if v["flops_saving"] is None else f", saving {v['flops_saving']:+.1%}"
+        if v["flops_saving_interval"]:
+            saving += f" [{v['flops_saving_interval'][0]:+.1%}, {v['flops_saving_interval'][1]:+.1%}]"
+        lines.append(f"{name:<14} final loss {v['final_eval_loss']:.4f}  {v['flops']:.3g} FLOPs  {v['elapsed_s']:.0f} s  {reach}{saving}")
+    for target, variants in s.get("at_targets", {}).items():
+        parts = []
+        for name, v in variants.items():
+            text = f"{name} {v['reached']}/{s['seeds']}"
+            if v["flops_saving"] is not None and name != s["reference"]:
+                text += f" {v['flops_saving']:+.0%}"
+            parts.append(text)
+        lines.append(f"held-out loss {target}: seeds reaching it and FLOP saving: " + ", ".join(parts))
+    return lines

@@ -13,9 +13,10 @@ catalogued like every run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import html
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -23,8 +24,11 @@ from typing import Optional
 import numpy as np
 
 from caplab.analysis.percolation import critical_density, fit_power_law, percolation_curve, predicted_critical_pairs
+from caplab.config import build_dataclass, load_recipe, parse_value, recipe_kind
+from caplab.errors import ConfigError
+from caplab.runs import html, plots
 from caplab.runs.catalog import Catalog
-from caplab.runs.store import RunStore, atomic_write_bytes
+from caplab.runs.store import RunStore
 
 PREDICTED_EXPONENT = 0.5
 
@@ -94,6 +98,25 @@ def simulate(cfg: PercolationStudyConfig) -> tuple[dict, dict]:
     return summary, {"by_density": by_density, "by_pairs": by_pairs}
 
 
+def load_percolation_config(recipe: str, overrides: list[str] = ()):
+    """The PercolationStudyConfig of a `kind: percolation` recipe, with `percolation.KEY=VALUE` overrides."""
+    name, data = load_recipe(recipe)
+    if recipe_kind(data) != "percolation":
+        raise ConfigError(f"recipe {recipe!r} is not a percolation recipe")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        section, _, field_name = key.partition(".")
+        if not sep or section != "percolation" or not field_name:
+            raise ConfigError(f"bad override {item!r}; a percolation recipe takes percolation.KEY=VALUE")
+        data.setdefault("percolation", {})[field_name] = parse_value(raw)
+    unknown = [k for k in data if k not in ("kind", "description", "percolation")]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, percolation")
+    cfg = build_dataclass(PercolationStudyConfig, dict(data.get("percolation") or {}), "percolation")
+    return name, str(data.get("description", "")).strip(), cfg
+
+
 def run_percolation_study(cfg: PercolationStudyConfig, recipe: str = "percolation", description: str = "",
                           root: Optional[Path] = None) -> Path:
     """Simulate, then write and catalogue a run directory; return its path."""
@@ -111,15 +134,74 @@ def run_percolation_study(cfg: PercolationStudyConfig, recipe: str = "percolatio
 
 
 def write_percolation_report(path: Path, cfg: PercolationStudyConfig, summary: dict, curves: dict) -> Path:
-    from caplab.runs.report import percolation_figures
 
     names = percolation_figures(path / "figures", cfg.entities_per_class, summary, curves)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(json.dumps(v))}</td></tr>"
                    for k, v in summary.items() if k != "scaling_points")
-    text = ("<!doctype html><html><head><meta charset='utf-8'><title>caplab percolation</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
-            "table{border-collapse:collapse}td{border:1px solid #ccc;padding:2px 8px}</style></head><body>"
-            f"<h1>Percolation of the class graph ({path.name})</h1><table>{rows}</table>"
-            + "".join(f"<img src='figures/{n}' alt='{n}'>" for n in names) + "</body></html>")
-    atomic_write_bytes(path / "report.html", text.encode())
-    return path / "report.html"
+    body = [f"<h1>Percolation of the class graph ({html.escape(path.name)})</h1><table>{rows}</table>", *html.images(names)]
+    return html.write_page(path / "report.html", "caplab percolation", body)
+
+
+def percolation_figures(figures: Path, n_entities: int, summary: dict, curves: dict) -> list[str]:
+    """Component fractions against density and against observed pairs, and the critical-pairs scaling."""
+    figures = Path(figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    names = ["percolation_density.png", "percolation_pairs.png", "percolation_scaling.png"]
+    p_c = summary["critical_density_predicted"]
+    curve = curves["by_density"]
+    fig, ax = plots.subplots()
+    ax.plot(curve.control / p_c, curve.largest, marker=".", label="largest component")
+    ax.plot(curve.control / p_c, curve.second, marker=".", label="second largest")
+    ax.axvline(1.0, color="grey", ls="--", lw=0.8, label="predicted p_c = 1/sqrt(|E_c||K_c|)")
+    ax.axvline(summary["critical_density_measured"] / p_c, color="C3", lw=0.8, label="measured (second-largest peak)")
+    ax.set_title(f"|E_c| = {n_entities}, |K_c| = {summary['properties_per_class']}")
+    plots.finish_log(fig, ax, figures / names[0], "edge density / predicted p_c", "fraction of nodes")
+
+    fig, ax = plots.subplots()
+    for i, (size, curve) in enumerate(sorted(curves["by_pairs"].items())):
+        ax.plot(curve.control / np.sqrt(n_entities * size), curve.largest, color=f"C{i}", label=f"|K_c| = {size}")
+    ax.axvline(1.0, color="grey", ls="--", lw=0.8)
+    ax.set_title("curves collapse when pairs are scaled by sqrt(|E_c||K_c|)")
+    plots.finish_log(fig, ax, figures / names[1], "observed pairs / sqrt(|E_c| |K_c|)", "largest component fraction")
+
+    points = summary["scaling_points"]
+    xs = np.array([p["properties_per_class"] for p in points], float)
+    ys = np.array([p["critical_pairs_measured"] for p in points], float)
+    exponent, prefactor = fit_power_law(xs, ys)
+    low, high = summary["scaling_interval"]
+    fig, ax = plots.subplots()
+    ax.plot(xs, ys, "o", label="measured critical pairs")
+    ax.plot(xs, np.sqrt(n_entities * xs), "--", color="grey", label="predicted sqrt(|E_c||K_c|) (slope 1/2)")
+    ax.plot(xs, prefactor * xs**exponent, "-", label=f"fit: slope {exponent:.2f} [{low:.2f}, {high:.2f}]")
+    plots.finish_log(fig, ax, figures / names[2], "|K_c| (values per class)", "observed pairs at the transition", log_y=True)
+    return names
+
+
+# ---------------------------------------------------------------- the study-kind interface (caplab.studies)
+
+
+def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> list[str]:
+    name, description, cfg = load_percolation_config(recipe, overrides)
+    print(f"caplab: simulating the class graph ({cfg.trials} trials per point)", file=sys.stderr)
+    path = run_percolation_study(cfg, name, description, root)
+    return summary_lines(json.loads((path / "summary.json").read_text())) + [str(path)]
+
+
+def resume(path: Path) -> list[str]:
+    from caplab.studies.run import resume as resume_run_dir
+
+    return resume_run_dir(path)
+
+
+def summary_lines(s: dict) -> list[str]:
+    """Measured critical density and pairs beside the predictions, and the scaling exponent."""
+    return [
+        f"critical density: measured {s['critical_density_measured']:.5f} "
+        f"[{s['critical_density_interval'][0]:.5f}, {s['critical_density_interval'][1]:.5f}], "
+        f"predicted 1/sqrt(|E_c||K_c|) = {s['critical_density_predicted']:.5f}",
+        f"critical pairs:   measured {s['critical_pairs_measured']:.0f} "
+        f"[{s['critical_pairs_interval'][0]:.0f}, {s['critical_pairs_interval'][1]:.0f}], "
+        f"predicted sqrt(|E_c||K_c|) = {s['critical_pairs_predicted']:.0f}",
+        f"scaling with |K_c|: exponent {s['scaling_exponent']:.3f} "
+        f"[{s['scaling_interval'][0]:.3f}, {s['scaling_interval'][1]:.3f}], predicted {s['scaling_exponent_predicted']}",
+    ]

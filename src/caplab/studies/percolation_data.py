@@ -69,7 +69,7 @@ def graph_reachability(n_entities: int, n_values: int, density: float, pairs: li
 
 def _runs(path: Path, read: str) -> list[dict]:
     """One record per completed run of the sweep: its world size, D, world, seed and scores (as `read`)."""
-    from caplab.runs.sweep import completed_runs
+    from caplab.studies.sweep import completed_runs
 
     records = []
     for entry, store in completed_runs(path):

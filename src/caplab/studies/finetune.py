@@ -43,9 +43,11 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
+from caplab.analysis.intervals import mean_interval
 from caplab.config import ExperimentConfig, build_dataclass, load_recipe, merge_recipe, resolve, set_key
-from caplab.errors import ConfigError, TrainingDiverged
-from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json, runs_root
+from caplab.errors import ConfigError
+from caplab.runs.store import RunStore, atomic_write_json, read_json
+from caplab.studies.folder import complete, new_folder, reserve
 
 SECTIONS = ("pretrain", "finetune", "reverse", "swapped")
 
@@ -205,16 +207,8 @@ def create_study(recipe: str, overrides: list[str] = (), root: Optional[Path] = 
     stages = plan(name, sections, cfg)
     for stage in stages:  # a bad key in any stage fails here, before anything runs
         _experiment(stage, {})
-    root = Path(root) if root is not None else runs_root()
-    path = root / "studies" / RunStore.new_run_id(name)
-    path.mkdir(parents=True)
-    atomic_write_json(path / "study.json", {"recipe": name, "kind": "finetune", "description": description,
-                                            "sections": sections, "study": dataclasses.asdict(cfg), "stages": stages})
-    return path
-
-
-def open_study(name: str, root: Optional[Path] = None) -> Path:
-    return open_folder(name, root, "studies", "study.json")
+    return new_folder("studies", name, "study.json", {"recipe": name, "kind": "finetune", "description": description,
+                                                      "sections": sections, "study": dataclasses.asdict(cfg), "stages": stages}, root)
 
 
 # ---------------------------------------------------------------- running
@@ -222,8 +216,6 @@ def open_study(name: str, root: Optional[Path] = None) -> Path:
 
 def run_study(path: Path) -> dict:
     """Run (or continue) every stage, then the instruments; write summary, figures and report; return the summary."""
-    from caplab.experiment import complete_reserved_run
-
     path = Path(path)
     study = read_json(path / "study.json")
     cfg = build_dataclass(FinetuneStudyConfig, study["study"], "study")
@@ -231,9 +223,7 @@ def run_study(path: Path) -> dict:
     run_ids = {s["stage"]: s["run_id"] for s in study["stages"]}
     for i, stage in enumerate(study["stages"]):
         label = f"[{i + 1}/{len(study['stages'])}] {stage['stage']}"
-        if stage["run_id"] is None:  # reserve the id first, so a crash never leaves an unlisted run
-            stage["run_id"] = run_ids[stage["stage"]] = RunStore.new_run_id(stage["recipe"]["recipe"])
-            atomic_write_json(path / "study.json", study)
+        run_ids[stage["stage"]] = reserve(path / "study.json", study, stage, "run_id", stage["recipe"]["recipe"])
         experiment = _experiment(stage, run_ids)
         fill = functools.partial(_record_compiled, experiment=experiment, stage=stage, cfg=cfg) if stage["compile"] else None
         # a fine-tuning cell that diverges is a result (that learning rate is too large), unless a later stage needs it
@@ -241,17 +231,11 @@ def run_study(path: Path) -> dict:
         if may_diverge and _diverged(runs_dir, stage["run_id"]):
             print(f"caplab study: {label}: kept as diverged; `caplab resume {stage['run_id']}` retries it", file=sys.stderr)
             continue
-        try:
-            complete_reserved_run(experiment, runs_dir, stage["run_id"],
-                                  lambda how: print(f"caplab study: {label}: {how} {stage['run_id']}", file=sys.stderr), fill)
-        except TrainingDiverged as exc:
-            if not may_diverge:
-                raise
-            print(f"caplab study: {label}: diverged: {exc}", file=sys.stderr)
+        complete(experiment, runs_dir, stage["run_id"], label, "study", fill, divergence_is_result=may_diverge)
     print("caplab study: instruments (pruning, probes, attention)", file=sys.stderr)
     summary = analyse(study, cfg, runs_dir)
     atomic_write_json(path / "summary.json", summary)
-    from caplab.runs.finetune_report import write_finetune_report
+    from caplab.studies.finetune_report import write_finetune_report
 
     write_finetune_report(path, summary)
     return summary
@@ -353,28 +337,6 @@ def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: 
 
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96 beyond)
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
-
-def _mean_interval(values: list) -> dict:
-    """Mean over seeds, its 95% t-interval (None with fewer than 2 values), and the values themselves.
-
-    A t-interval, not a bootstrap: with 3 seeds a percentile bootstrap has 10 distinct resample means and
-    covers far less than 95%.
-    """
-    import numpy as np
-
-    kept = [float(v) for v in values if v is not None]
-    if not kept:
-        return {"mean": None, "interval": None, "n": 0, "values": []}
-    mean, interval = float(np.mean(kept)), None
-    if len(kept) > 1:
-        half = (T_975[len(kept) - 2] if len(kept) <= 31 else 1.96) * float(np.std(kept, ddof=1)) / len(kept) ** 0.5
-        interval = [mean - half, mean + half]
-    return {"mean": mean, "interval": interval, "n": len(kept), "values": kept}
-
-
 def _table(chains: list[dict], cfg: FinetuneStudyConfig) -> list[dict]:
     """One row per (prior, lr, CTr): each number as mean and interval over the seeds of that prior."""
     src, tgt = cfg.source_metric, cfg.target_metric
@@ -385,16 +347,16 @@ def _table(chains: list[dict], cfg: FinetuneStudyConfig) -> list[dict]:
             cells = [c["cells"][i] for c in mine]
             row = {"prior": prior, "lr_name": first["lr_name"], "lr": first["lr"], "correlation": first["correlation"],
                    "diverged": sum(bool(c.get("diverged")) for c in cells),
-                   **{k: _mean_interval([c.get(k) for c in cells]) for k in (tgt, f"{tgt}_cte1", src)}}
+                   **{k: mean_interval([c.get(k) for c in cells]) for k in (tgt, f"{tgt}_cte1", src)}}
             pruned = [c["pruning"] for c in cells if "pruning" in c]
             if pruned:
-                row["pruning_gain"] = _mean_interval([p["gain"] for p in pruned])
-                row["pruning_gain_random"] = _mean_interval([p["gain_random"] for p in pruned])
-                row["pruning_gain_pretrained"] = _mean_interval([p["gain_pretrained_same_units"] for p in pruned])
+                row["pruning_gain"] = mean_interval([p["gain"] for p in pruned])
+                row["pruning_gain_random"] = mean_interval([p["gain_random"] for p in pruned])
+                row["pruning_gain_pretrained"] = mean_interval([p["gain_pretrained_same_units"] for p in pruned])
                 last = [c["probes"] for c in cells if "probes" in c]
-                row["probe_last"] = {label: _mean_interval([p["accuracy"][label][-1] for p in last])
+                row["probe_last"] = {label: mean_interval([p["accuracy"][label][-1] for p in last])
                                      for label in last[0]["accuracy"]}
-                row["probe_majority"] = {label: _mean_interval([p["majority"][label] for p in last])
+                row["probe_majority"] = {label: mean_interval([p["majority"][label] for p in last])
                                          for label in last[0]["majority"]}
             rows.append(row)
     return rows
@@ -406,17 +368,17 @@ def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
     for prior in dict.fromkeys(c["prior"] for c in chains):
         mine = [c for c in chains if c["prior"] == prior]
         out[str(prior)] = {
-            "natural_shortcut_rate": _mean_interval([c["natural_shortcut_rate"] for c in mine]),
-            "pretrained": {k: _mean_interval([c["pretrained"].get(k) for c in mine]) for k in mine[0]["pretrained"]},
-            **{f"probe_last_{model}": {label: _mean_interval([c["probes"][model]["accuracy"][label][-1] for c in mine])
+            "natural_shortcut_rate": mean_interval([c["natural_shortcut_rate"] for c in mine]),
+            "pretrained": {k: mean_interval([c["pretrained"].get(k) for c in mine]) for k in mine[0]["pretrained"]},
+            **{f"probe_last_{model}": {label: mean_interval([c["probes"][model]["accuracy"][label][-1] for c in mine])
                                        for label in mine[0]["probes"][model]["accuracy"]}
                for model in ("pretrained", "untrained")},
-            "probe_majority": {label: _mean_interval([c["probes"]["pretrained"]["majority"][label] for c in mine])
+            "probe_majority": {label: mean_interval([c["probes"]["pretrained"]["majority"][label] for c in mine])
                                for label in mine[0]["probes"]["pretrained"]["majority"]},
             "revival_steps": {base: [c["revival"][base]["steps_to_reach"] for c in mine] for base in mine[0]["revival"]},
             # the same pruning procedure on the pretrained model: the change of the source capability per K
             "pretrained_pruning_change": {
-                str(row["k"]): _mean_interval([c["pretrained_pruning"][i][cfg.source_metric] - c["pretrained_pruning"][0][cfg.source_metric]
+                str(row["k"]): mean_interval([c["pretrained_pruning"][i][cfg.source_metric] - c["pretrained_pruning"][0][cfg.source_metric]
                                                for c in mine])
                 for i, row in enumerate(mine[0]["pretrained_pruning"]) if row["k"] > 0},
         }
@@ -526,3 +488,37 @@ def _revival(records: list[dict], metric: str, reach: float) -> dict:
     curve = [(r["step"], r[metric]) for r in records if metric in r]
     hit = next((step for step, value in curve if value >= reach), None)
     return {"curve": curve, "steps_to_reach": hit, "final": curve[-1][1] if curve else None, "reach": reach}
+
+
+# ---------------------------------------------------------------- the study-kind interface (caplab.studies)
+
+
+def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> list[str]:
+    return resume(create_study(recipe, overrides, root))
+
+
+def resume(path: Path) -> list[str]:
+    print(f"caplab study: {path}", file=sys.stderr)
+    return summary_lines(run_study(path)) + [str(path)]
+
+
+def summary_lines(s: dict) -> list[str]:
+    """The Table 3 / Table 5 analogue, one line per cell, then each prior's baselines."""
+    from caplab.studies.finetune_report import cell_text
+
+    src, tgt = s["source_metric"], s["target_metric"]
+    lines = [f"mean [95% t-interval] over {s['seeds']} seed(s)"]
+    for row in s["table"]:
+        prior = f"prior {row['prior']} " if row["prior"] else ""
+        line = (f"{prior}lr {row['lr_name']:<7} CTr {row['correlation']:<4g} {tgt} {cell_text(row[tgt])} (CTe 0) "
+                f"{cell_text(row[tgt + '_cte1'])} (CTe 1)   {src} {cell_text(row[src])}")
+        if "pruning_gain" in row:
+            line += (f"   pruning {src} {cell_text(row['pruning_gain'])} (random units {cell_text(row['pruning_gain_random'])},"
+                     f" same units pretrained {cell_text(row['pruning_gain_pretrained'])})")
+        lines.append(line)
+    for prior, base in s["baselines"].items():
+        steps = ", ".join(f"{stage} {values}" for stage, values in base["revival_steps"].items())
+        prior = "of the recipe" if prior == "None" else prior
+        lines.append(f"prior {prior}: count(b) = count(a) + 1 by itself in {cell_text(base['natural_shortcut_rate'])}; "
+                     f"steps to {src} >= {s['reach']}: {steps}")
+    return lines

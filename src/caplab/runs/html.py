@@ -1,0 +1,35 @@
+"""The one HTML page builder every report uses: a title, a style, and the body parts a report composes."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from caplab.runs.store import atomic_write_bytes
+
+STYLE = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:49%}"
+         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+         "pre{background:#f6f6f6;padding:8px;overflow:auto}")
+
+
+def escape(text) -> str:
+    return html.escape(str(text))
+
+
+def images(names: list[str], folder: str = "figures") -> list[str]:
+    """<img> tags for figure files in `folder` (relative to the page)."""
+    return [f"<img src='{folder}/{escape(n)}' alt='{escape(Path(n).stem)}'>" for n in names]
+
+
+def json_block(title: str, data) -> str:
+    """A heading and the JSON of `data`, pretty-printed."""
+    return f"<h2>{escape(title)}</h2><pre>{escape(json.dumps(data, indent=2))}</pre>"
+
+
+def write_page(path: Path, title: str, body: list[str]) -> Path:
+    """Write `path` (atomically): an HTML page titled `title` whose body is `body` (already-escaped HTML parts)."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body>", *body, "</body></html>"]
+    atomic_write_bytes(Path(path), "\n".join(parts).encode())
+    return Path(path)

@@ -1,0 +1,66 @@
+"""The one figure helper every report uses: matplotlib Figures without pyplot state, saved atomically as PNG.
+
+Figures are `matplotlib.figure.Figure` objects (no global pyplot state, no
+backend switch), so drawing a report changes nothing in a notebook's session.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from caplab.runs.store import atomic_write_bytes
+
+DPI = 110
+
+
+def subplots(nrows: int = 1, ncols: int = 1, width: float = 6.4, height: float = 4.0, **kwargs):
+    """(figure, axes) as pyplot's `subplots` would give them, on a Figure of its own."""
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def step_axes(title: str, ylabel: str):
+    """(figure, axes) with training steps on a log axis that still shows step 0."""
+    fig, ax = subplots()
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Lay out and write `fig` as a PNG at `path` (atomically)."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def finish_log(fig: Figure, ax, path: Path, xlabel: str, ylabel: str, log_y: bool = False) -> None:
+    """Log x (and y) axes, labels, grid and legend, then save."""
+    ax.set_xscale("log")
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    save(fig, path)
+
+
+def series(records: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of `key` in metric records, skipping records without it."""
+    points = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def slug(name: str) -> str:
+    """A file-name-safe version of a metric name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)

@@ -38,7 +38,6 @@ held-out loss against FLOPs, steps and seconds, one line per seed.
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -49,7 +48,7 @@ from caplab.config import load_recipe, merge_recipe, parse_value, recipe_kind, r
 from caplab.errors import ConfigError
 from caplab.runs import html, plots
 from caplab.runs.store import RunStore, atomic_write_json, read_json
-from caplab.studies.folder import complete, new_folder, reserve
+from caplab.studies.folder import complete, new_folder, reserve, run_and_report
 
 
 def load_compare(recipe: str, overrides: list[str] = ()) -> tuple[str, dict]:
@@ -307,8 +306,7 @@ def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> l
 
 
 def resume(path: Path) -> list[str]:
-    print(f"caplab compare: {path}", file=sys.stderr)
-    return summary_lines(run_compare(path)) + [str(path)]
+    return run_and_report(path, run_compare, summary_lines, "compare")
 
 
 def summary_lines(s: dict) -> list[str]:

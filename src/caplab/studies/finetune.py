@@ -47,7 +47,7 @@ from caplab.analysis.intervals import mean_interval
 from caplab.config import ExperimentConfig, build_dataclass, load_recipe, merge_recipe, resolve, set_key
 from caplab.errors import ConfigError
 from caplab.runs.store import RunStore, atomic_write_json, read_json
-from caplab.studies.folder import complete, new_folder, reserve
+from caplab.studies.folder import complete, new_folder, reserve, run_and_report
 
 SECTIONS = ("pretrain", "finetune", "reverse", "swapped")
 
@@ -498,8 +498,7 @@ def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> l
 
 
 def resume(path: Path) -> list[str]:
-    print(f"caplab study: {path}", file=sys.stderr)
-    return summary_lines(run_study(path)) + [str(path)]
+    return run_and_report(path, run_study, summary_lines, "study")
 
 
 def summary_lines(s: dict) -> list[str]:

@@ -28,6 +28,12 @@ def new_folder(kind_folder: str, name: str, document_name: str, document: dict, 
     return path
 
 
+def run_and_report(path: Path, run: Callable[[Path], dict], summary_lines: Callable[[dict], list[str]], who: str) -> list[str]:
+    """Run (or continue) the study at `path`; its summary lines and its path, for the CLI to print."""
+    print(f"caplab {who}: {path}", file=sys.stderr)
+    return summary_lines(run(path)) + [str(path)]
+
+
 def reserve(document_path: Path, document: dict, slot, key, recipe: str) -> str:
     """The run id at `slot[key]` (a dict entry or list item of `document`), reserving a new one for `recipe` and
     saving `document` first if there is none yet."""

@@ -49,7 +49,7 @@ from caplab.models.convnets import VGG, ResNet, ResNetConfig, VGGConfig
 from caplab.models.norms import NORMS
 from caplab.runs import html, plots
 from caplab.runs.store import RunStore, atomic_write_json, read_json
-from caplab.studies.folder import complete, new_folder, reserve
+from caplab.studies.folder import complete, new_folder, reserve, run_and_report
 
 SECTIONS = ("task", "model", "train", "study")
 
@@ -321,8 +321,7 @@ def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> l
 
 
 def resume(path: Path) -> list[str]:
-    print(f"caplab normalization: {path}", file=sys.stderr)
-    return summary_lines(run_normalization(path)) + [str(path)]
+    return run_and_report(path, run_normalization, summary_lines, "normalization")
 
 
 def summary_lines(s: dict) -> list[str]:

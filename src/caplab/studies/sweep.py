@@ -29,7 +29,7 @@ from caplab.analysis.censored import censored_power_law
 from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError, TrainingDiverged
 from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json
-from caplab.studies.folder import complete, new_folder, reserve
+from caplab.studies.folder import complete, new_folder, reserve, run_and_report
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -369,8 +369,7 @@ def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> l
 
 
 def resume(path: Path) -> list[str]:
-    print(f"caplab sweep: {path}", file=sys.stderr)
-    return summary_lines(run_sweep(path)) + [str(path)]
+    return run_and_report(path, run_sweep, summary_lines, "sweep")
 
 
 def summary_lines(summary: dict) -> list[str]:

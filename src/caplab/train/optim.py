@@ -1,4 +1,9 @@
-"""Optimizer construction and learning-rate schedules."""
+"""Optimizers by name (`OPTIMIZERS`, chosen by `train.optimizer`) and learning-rate schedules.
+
+A builder takes the model, the training config (lr, weight_decay, betas,
+momentum, ...) and the device. Muon and Spectra (`caplab.train.spectral`) act
+on the hidden layers' matrices and use AdamW elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -39,3 +44,30 @@ def warmup_cosine(step: int, total: int, lr: float, min_lr: float, warmup: int) 
         return lr
     progress = min(1.0, (step - warmup) / (total - warmup))
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def _spectral(method: str):
+    def build(model: nn.Module, cfg, device: torch.device):
+        from caplab.train.spectral import make_spectral
+
+        return make_spectral(model, method, cfg.lr, cfg.weight_decay, 0.95 if cfg.momentum is None else cfg.momentum,
+                             (cfg.beta1, cfg.beta2), cfg.spectral_rank_fraction)
+    return build
+
+
+OPTIMIZERS = {
+    "adamw": lambda model, cfg, device: make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device),
+    "sgd": lambda model, cfg, device: make_sgd(model, cfg.lr, cfg.weight_decay, 0.9 if cfg.momentum is None else cfg.momentum),
+    "muon": _spectral("muon"),
+    "spectra": _spectral("spectra"),
+}
+
+
+def build_optimizer(model: nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optimizer` names, over `model`'s parameters (on `device`)."""
+    if cfg.optimizer not in OPTIMIZERS:
+        from caplab.errors import ConfigError
+
+        raise ConfigError(f"bad value {cfg.optimizer!r} for 'train.optimizer'; valid: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.optimizer](model, cfg, device)
+

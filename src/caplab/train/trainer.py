@@ -31,9 +31,8 @@ from tqdm.auto import tqdm
 from caplab.errors import ConfigError, TrainingDiverged
 from caplab.tasks.base import Task
 from caplab.train import state as train_state
-from caplab.train.optim import make_adamw, make_sgd, warmup_cosine
+from caplab.train.optim import build_optimizer, warmup_cosine
 from caplab.train.flops import model_step_flops
-from caplab.train.spectral import make_spectral
 
 EVENTS = ("on_train_start", "on_backward_end", "on_optimizer_step_end", "on_step_end", "on_eval", "on_checkpoint",
           "on_train_end")
@@ -127,20 +126,16 @@ class Trainer:
         model: any nn.Module mapping a batch's inputs to the outputs the task's objective scores.
         cfg: TrainConfig.
         store: optional sink for metrics and checkpoints.
+        optimizer: optional; default: the one `cfg.optimizer` names, built over the model's parameters.
     """
 
-    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, store: Optional[Store] = None) -> None:
+    def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, store: Optional[Store] = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         self.task, self.cfg, self.store = task, cfg, store
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        if cfg.optimizer == "sgd":
-            self.optimizer = make_sgd(model, cfg.lr, cfg.weight_decay, 0.9 if cfg.momentum is None else cfg.momentum)
-        elif cfg.optimizer in ("muon", "spectra"):
-            self.optimizer = make_spectral(model, cfg.optimizer, cfg.lr, cfg.weight_decay,
-                                           0.95 if cfg.momentum is None else cfg.momentum, (cfg.beta1, cfg.beta2),
-                                           cfg.spectral_rank_fraction)
-        else:
-            self.optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), self.device)
+        # a plug-in: the caller's optimizer, or the one train.optimizer names (caplab.train.optim.OPTIMIZERS)
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(self.model, cfg, self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.step = 0
         self.unit = task.unit  # tokens, images, ...: what `units_per_step` and the logged data count

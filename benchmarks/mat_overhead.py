@@ -3,7 +3,7 @@
 Times `--steps` training steps of plain training and of MAT (every `--every`
 steps a kernel estimate on the probe batch, the rule, and the per-step
 freezing work), alternating, and one kernel estimate on its own. MAT is
-forced to keep every module active (`mat_alpha=0`), so both do the same
+forced to keep every module active (`mat.alpha=0`), so both do the same
 arithmetic and the difference is MAT's own cost.
 
     python benchmarks/mat_overhead.py [--steps 100] [--every 50] [--repeats 3]
@@ -19,10 +19,11 @@ from caplab.config import resolve
 from caplab.experiment import build
 
 
-def trainer_for(overrides: dict):
+def trainer_for(mat: dict):
     name, spec = load_compare("mat")
     recipe = _variant_recipe(name, spec, "full")
-    recipe["train"] = {**recipe["train"], "progress": "never", **overrides}
+    recipe["train"] = {**recipe["train"], "progress": "never"}
+    recipe["mat"] = mat
     return build(resolve("mat.bench", recipe))[2]
 
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     plain = trainer_for({})
-    mat = trainer_for({"mat_every": args.every, "mat_alpha": 0.0})
+    mat = trainer_for({"every": args.every, "alpha": 0.0})
     mat.mat.refresh()
     times = {"plain": [], "mat": []}
     for _ in range(args.repeats):
@@ -48,7 +49,7 @@ def main() -> None:
         mat.mat.refresh()
     estimate_ms = (time.perf_counter() - start) / 5 * 1000
     best = {k: min(v) for k, v in times.items()}
-    print(f"{len(mat.mat.modules)} modules, probe batch {mat.cfg.mat_probe}, estimate every {args.every} steps")
+    print(f"{len(mat.mat.modules)} modules, probe batch {mat.mat.cfg.probe}, estimate every {args.every} steps")
     print(f"plain training: {best['plain']:7.1f} ms/step")
     print(f"MAT:            {best['mat']:7.1f} ms/step   overhead {best['mat'] / best['plain'] - 1:+.1%}")
     print(f"one kernel estimate: {estimate_ms:.1f} ms ({estimate_ms / args.every:.2f} ms/step amortised)")

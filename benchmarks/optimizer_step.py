@@ -39,7 +39,7 @@ def whole_steps(recipe: str, steps: int, repeats: int) -> None:
     times = {name: [] for name in ("adamw", "muon", "spectra")}
     for _ in range(repeats):  # interleaved, so a slow spell of a shared machine hits every optimizer
         for name in times:
-            cfg = load_config(recipe, [f"train.optimizer={name}", "train.spectral_diagnostics_every=0", "train.progress=never"])
+            cfg = load_config(recipe, [f"train.optimizer={name}", "diagnostics.spectral_every=0", "train.progress=never"])
             _, _, trainer = build(cfg)
             for _ in range(5):
                 trainer.train_step()

@@ -10,8 +10,8 @@ from caplab.errors import ConfigError
 
 TINY_MAT = ["base.train.steps=40", "base.train.eval_every=10", "base.train.checkpoint_every=40", "base.train.progress=never",
             "base.task.eval_samples=32", "base.model.d_model=32",
-            "variants.mat.train.mat_every=10", "variants.mat.train.mat_probe=4",
-            "variants.random.train.mat_every=10", "variants.random.train.mat_probe=4"]
+            "variants.mat.mat.every=10", "variants.mat.mat.probe=4",
+            "variants.random.mat.every=10", "variants.random.mat.probe=4"]
 
 
 def test_first_reach_interpolates_between_evaluations():
@@ -57,11 +57,11 @@ def test_seeded_comparison_stops_at_the_target_and_freezes_what_mat_froze(tmp_pa
         "  train: {steps: 30, batch_size: 8, lr: 3.0e-3, min_lr: 3.0e-3, warmup_steps: 0, eval_every: 5, log_spaced: false,"
         " checkpoint_every: 30, progress: never}\n"
         "variants:\n  full: {}\n"
-        "  mat: {train: {mat_every: 5, mat_rule: quantile, mat_alpha: 0.5, mat_probe: 4}}\n"
-        "  frozen: {train: {mat_every: 5, mat_rule: fixed}, match_frozen: mat}\n"
-        "  random: {train: {mat_every: 5, mat_rule: random_static, mat_probe: 4}, match_active_fraction: mat}\n"
-        "  frozen-most: {train: {mat_every: 5, mat_rule: fixed}, match_frozen_most: mat}\n"
-        "  random-params: {train: {mat_every: 5, mat_rule: random_static, mat_share: parameters},"
+        "  mat: {mat: {every: 5, rule: quantile, alpha: 0.5, probe: 4}}\n"
+        "  frozen: {mat: {every: 5, rule: fixed}, match_frozen: mat}\n"
+        "  random: {train: {mat_every: 5, mat_rule: random_static, mat_probe: 4}, match_active_fraction: mat}\n"  # the old train.mat_* keys still read
+        "  frozen-most: {mat: {every: 5, rule: fixed}, match_frozen_most: mat}\n"
+        "  random-params: {mat: {every: 5, rule: random_static, share: parameters},"
         " match_active_fraction: mat}\n"
         "read_targets: [3.0, 2.5]\n")
     path = create_compare(str(recipe), [], tmp_path)
@@ -72,13 +72,13 @@ def test_seeded_comparison_stops_at_the_target_and_freezes_what_mat_froze(tmp_pa
         configs = {v: json.loads((tmp_path / runs[v][seed] / "config.json").read_text()) for v in runs}
         assert all(c["train"]["seed"] == seed and c["task"]["corpus_seed"] == seed and c["train"]["stop_at"] == 2.5
                    for c in configs.values())
-        assert configs["frozen"]["train"]["mat_frozen"] == summary["frozen_at_end"]["mat"][seed]
+        assert configs["frozen"]["mat"]["frozen"] == summary["frozen_at_end"]["mat"][seed]
         assert summary["frozen_at_end"]["frozen"][seed] == summary["frozen_at_end"]["mat"][seed]  # and kept them frozen
         mat_share = [r["mat_active_fraction"] for r in _metrics(tmp_path / runs["mat"][seed])]
-        assert configs["random"]["train"]["mat_alpha"] == pytest.approx(sum(mat_share) / len(mat_share))
+        assert configs["random"]["mat"]["alpha"] == pytest.approx(sum(mat_share) / len(mat_share))
         param_share = [r["mat_active_params"] for r in _metrics(tmp_path / runs["mat"][seed])]
-        assert configs["random-params"]["train"]["mat_alpha"] == pytest.approx(sum(param_share) / len(param_share))
-        assert configs["frozen-most"]["train"]["mat_frozen"] == summary["frozen_most"]["mat"][seed]
+        assert configs["random-params"]["mat"]["alpha"] == pytest.approx(sum(param_share) / len(param_share))
+        assert configs["frozen-most"]["mat"]["frozen"] == summary["frozen_most"]["mat"][seed]
         for v in runs:  # a run ends at its first evaluation at or below the target, or at the step budget
             losses = [(r["step"], r["eval_loss"]) for r in _metrics(tmp_path / runs[v][seed])]
             assert all(loss > 2.5 for step, loss in losses[1:-1]) and (losses[-1][1] <= 2.5 or losses[-1][0] == 30)
@@ -101,7 +101,7 @@ def test_mat_comparison_runs_and_matches_the_control_to_mat(tmp_path):
     study = json.loads((path / "study.json").read_text())
     mat_share = summary["variants"]["mat"]["mean_active_fraction"]
     control = json.loads((tmp_path / study["runs"]["random"][0] / "config.json").read_text())
-    assert control["train"]["mat_alpha"] == pytest.approx(mat_share)
+    assert control["mat"]["alpha"] == pytest.approx(mat_share)
     assert summary["variants"]["full"]["flops_saving"] == pytest.approx(0.0)
     assert summary["variants"]["full"]["mean_active_fraction"] is None
     # MAT skips weight gradients of frozen modules but pays for its estimates

@@ -39,8 +39,8 @@ def test_model_kinds_fit_their_tasks():
         load_config("shapes", ["model.norm=bn"])
     with pytest.raises(ConfigError, match="model.image_size=32 does not fit task 'shapes' \\(image_size = 28\\)"):
         load_config("shapes", ["model.image_size=32"])
-    with pytest.raises(ConfigError, match="train.mat_every .* needs model.kind=gpt"):
-        load_config("shapes", ["train.mat_every=10"])
+    with pytest.raises(ConfigError, match="mat.every .* needs model.kind=gpt"):
+        load_config("shapes", ["mat.every=10"])
     with pytest.raises(ConfigError, match="train.ensemble > 1 needs model.kind=gpt"):
         load_config("shapes", ["train.ensemble=2"])
 
@@ -98,3 +98,15 @@ def test_apply_overrides_does_not_mutate_input():
     data = {"train": {"steps": 1}}
     out = apply_overrides(data, ["train.steps=2"])
     assert data["train"]["steps"] == 1 and out["train"]["steps"] == 2
+
+
+def test_old_train_mat_keys_read_as_the_mat_and_diagnostics_sections():
+    old = load_config("demo", ["train.mat_every=10", "train.mat_rule=quantile", "train.mat_lambda=raw",
+                               "train.spectral_diagnostics_every=5"])
+    new = load_config("demo", ["mat.every=10", "mat.rule=quantile", "mat.lambda_scale=raw", "diagnostics.spectral_every=5"])
+    assert old.mat == new.mat and old.diagnostics == new.diagnostics and old.mat.every == 10
+    assert config_from_json(__import__("json").dumps(old.to_dict())).mat == old.mat
+    with pytest.raises(ConfigError, match="train.mat_every=10 and mat.every=20 disagree"):
+        load_config("demo", ["train.mat_every=10", "mat.every=20"])
+    with pytest.raises(ConfigError, match="unknown key 'mat.everyy'; valid: every, rule"):
+        load_config("demo", ["mat.everyy=3"])

@@ -11,7 +11,7 @@ from caplab.train.flops import linear_flops, training_step_flops
 from caplab.train.mat import mat_modules, select_active
 from helpers import TINY
 
-MAT = TINY + ["train.mat_every=4", "train.mat_probe=4", "train.steps=12", "train.weight_decay=0.1"]
+MAT = TINY + ["mat.every=4", "mat.probe=4", "train.steps=12", "train.weight_decay=0.1"]
 
 
 def test_rules_closed_forms():
@@ -33,7 +33,7 @@ def test_rules_closed_forms():
 
 
 def test_inactive_modules_never_move_and_their_optimizer_state_stands_still():
-    cfg = load_config("demo", MAT + ["train.mat_rule=quantile", "train.mat_alpha=0.6"])
+    cfg = load_config("demo", MAT + ["mat.rule=quantile", "mat.alpha=0.6"])
     _, model, trainer = build(cfg)
     mat = trainer.mat
     params = dict(model.named_parameters())
@@ -82,7 +82,7 @@ def test_flop_account_matches_the_flop_counter_when_mlps_freeze():
 
 
 def test_all_active_costs_plain_training_plus_the_estimates():
-    cfg = load_config("demo", MAT + ["train.mat_alpha=0.0"])
+    cfg = load_config("demo", MAT + ["mat.alpha=0.0"])
     task, model, trainer = build(cfg)
     record = trainer.fit()
     assert record["mat_active_fraction"] == 1.0
@@ -94,7 +94,7 @@ def test_all_active_costs_plain_training_plus_the_estimates():
 
 
 def test_resume_mid_run_is_exact():
-    cfg = load_config("demo", MAT + ["train.mat_rule=random", "train.mat_alpha=0.5"])
+    cfg = load_config("demo", MAT + ["mat.rule=random", "mat.alpha=0.5"])
     _, _, reference = build(cfg)
     captured = {}
 
@@ -127,13 +127,13 @@ def test_lambdas_are_the_loss_kernels_top_eigenvalue_per_parameter():
     assert ours.keys() == expected.keys() and all(abs(ours[m] - expected[m]) <= 1e-9 * max(1.0, expected[m]) for m in ours)
     mlp, head = "blocks.0.mlp", "blocks.0.attn.head0"
     assert mat.sizes[mlp] > mat.sizes[head]  # the sizes the normalisation divides by differ
-    _, _, raw = build(load_config("demo", MAT + ["train.mat_lambda=raw", "train.mat_kernel=sum"]))
+    _, _, raw = build(load_config("demo", MAT + ["mat.lambda_scale=raw", "mat.kernel=sum"]))
     sums = module_kernels(raw.model, raw.mat.probe.tokens, raw.mat.modules, output="sum")
     assert raw.mat.lambdas()[mlp] == torch.linalg.eigvalsh(sums[mlp])[-1].item()
 
 
 def test_the_static_controls_choose_once_and_charge_no_estimates():
-    cfg = load_config("demo", MAT + ["train.mat_rule=random_static", "train.mat_alpha=0.5"])
+    cfg = load_config("demo", MAT + ["mat.rule=random_static", "mat.alpha=0.5"])
     task, model, trainer = build(cfg)
     chosen = []
     trainer.add_callback("on_step_end", lambda t, loss: chosen.append(tuple(t.mat.active)))
@@ -142,7 +142,7 @@ def test_the_static_controls_choose_once_and_charge_no_estimates():
     assert record["flops"] == sum(1 for _ in range(12)) * trainer.mat.step_flops()  # no kernel estimates
 
     frozen = ["blocks.0.mlp", "blocks.0.attn.head1"]
-    cfg = load_config("demo", MAT + ["train.mat_rule=fixed", f"train.mat_frozen=[{', '.join(frozen)}]"])
+    cfg = load_config("demo", MAT + ["mat.rule=fixed", f"mat.frozen=[{', '.join(frozen)}]"])
     _, model, trainer = build(cfg)
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     trainer.fit()
@@ -164,7 +164,7 @@ def test_the_probe_batch_comes_from_the_training_corpus_without_moving_it():
     probe = trainer.mat.probe.tokens
     assert all((corpus == row).all(1).any() for row in probe)  # every probe document is a training document
     assert task.position == 32  # the training stream has not moved
-    fresh = build(load_config("demo", MAT + ["task.corpus_size=32", "train.mat_probe_source=fresh"]))[2].mat.probe.tokens
+    fresh = build(load_config("demo", MAT + ["task.corpus_size=32", "mat.probe_source=fresh"]))[2].mat.probe.tokens
     assert not all((corpus == row).all(1).any() for row in fresh)
 
 
@@ -174,6 +174,6 @@ def test_bad_frozen_modules_are_config_errors():
     from caplab import ConfigError
 
     with pytest.raises(ConfigError, match="not a module"):
-        build(load_config("demo", MAT + ["train.mat_rule=fixed", "train.mat_frozen=[blocks.9.mlp]"]))
-    with pytest.raises(ConfigError, match="needs train.mat_frozen"):
-        build(load_config("demo", MAT + ["train.mat_rule=fixed"]))
+        build(load_config("demo", MAT + ["mat.rule=fixed", "mat.frozen=[blocks.9.mlp]"]))
+    with pytest.raises(ConfigError, match="needs mat.frozen"):
+        build(load_config("demo", MAT + ["mat.rule=fixed"]))

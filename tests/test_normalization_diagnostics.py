@@ -56,3 +56,18 @@ def test_unnormalised_resnet_activations_grow_with_depth_and_skipinit_stops_it()
     assert skip[2] == pytest.approx(skip[0]) and skip[-1] == pytest.approx(skip[-3])
     # BatchNorm before each branch: growth is linear in the number of blocks, not exponential
     assert batch[-1] / batch[0] < plain[-1] / plain[0] / 5
+
+
+def test_signal_diagnostics_reach_the_logged_records_of_an_image_run():
+    from caplab import load_config
+    from caplab.experiment import build
+
+    cfg = load_config("shapes", ["task.image_size=16", "task.eval_samples=16", "model.width=8", "model.depth=3",
+                                 "model.stages=2", "train.steps=4", "train.batch_size=8", "train.eval_every=4",
+                                 "train.progress=never", "diagnostics.signal_every=2"])
+    _, _, trainer = build(cfg)
+    record = trainer.fit()
+    signal = trainer.plugins["signal"]
+    assert [r["step"] for r in signal.history] == [2, 4]
+    assert record["stable_rank_last"] == pytest.approx(signal.history[-1]["stable_rank"][-1])
+    assert 0 < record["cosine_similarity_first"] <= 1 and record["activation_variance_first"] > 0

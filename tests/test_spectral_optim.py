@@ -170,22 +170,22 @@ def test_spectral_diagnostics_callback_records_every_n_steps():
 
 
 def test_spectral_diagnostics_from_the_config_reach_the_logged_records():
-    cfg = load_config("demo", TINY + ["train.steps=16", "train.spectral_diagnostics_every=4", "train.eval_every=8"])
+    cfg = load_config("demo", TINY + ["train.steps=16", "diagnostics.spectral_every=4", "train.eval_every=8"])
     _, _, trainer = build(cfg)
     record = trainer.fit()
-    rows = [r for r in trainer.spectral.records if r["step"] == 16]
+    rows = [r for r in trainer.plugins["spectral"].records if r["step"] == 16]
     assert record["grad_energy_share"] == pytest.approx(sum(r["energy_share"] for r in rows) / len(rows))
     assert 0 <= record["grad_subspace_overlap"] <= 1 + 1e-9
     assert 0 < record["grad_energy_share_random"] < 1 and "spectra_cache_overlap" not in record  # AdamW caches no basis
 
 
 def test_a_spectra_run_logs_how_well_its_cached_basis_tracks_the_spike():
-    cfg = load_config("demo", TINY + ["train.steps=8", "train.spectral_diagnostics_every=4", "train.eval_every=8",
+    cfg = load_config("demo", TINY + ["train.steps=8", "diagnostics.spectral_every=4", "train.eval_every=8",
                                       "train.optimizer=spectra"])
     _, _, trainer = build(cfg)
     record = trainer.fit()
     assert 0 <= record["spectra_cache_overlap"] <= 1 + 1e-9
-    assert all("cache_overlap" in r for r in trainer.spectral.records)
+    assert all("cache_overlap" in r for r in trainer.plugins["spectral"].records)
 
 
 def test_caplab_muon_equals_torch_optim_muon_on_matrices():

@@ -25,9 +25,10 @@ from caplab.models.gpt import GPTConfig
 from caplab.models.registry import MODEL_KINDS, build_model, kinds_reading, model_kind_of, task_fields
 from caplab.tasks import TASKS, Task, make_task
 from caplab.tasks.corpus import CORPUS_KEYS, CorpusConfig
+from caplab.train.plugins import LEGACY_TRAIN_KEYS, DiagnosticsConfig, MATConfig
 from caplab.train.trainer import TrainConfig
 
-SECTIONS = ("task", "model", "train")
+SECTIONS = ("task", "model", "train", "mat", "diagnostics")
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ExperimentConfig:
     task: dict  # {"name": ..., **task Config fields}, validated by the task
     model: Any = field(default_factory=GPTConfig)  # the config of a kind in caplab.models.registry.MODEL_KINDS
     train: TrainConfig = field(default_factory=TrainConfig)
+    mat: MATConfig = field(default_factory=MATConfig)  # modular adaptive training (off unless mat.every > 0)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
     @property
     def model_kind(self) -> str:
@@ -53,6 +56,8 @@ class ExperimentConfig:
             "task": dict(self.task),
             "model": {**kind, **dataclasses.asdict(self.model)},
             "train": dataclasses.asdict(self.train),
+            "mat": dataclasses.asdict(self.mat),
+            "diagnostics": dataclasses.asdict(self.diagnostics),
         }
 
     def make_model(self):
@@ -225,6 +230,7 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     kind = recipe_kind(data)
     if kind not in ("train", "sweep"):
         raise ConfigError(f"recipe {name!r} is a {kind} recipe, not a training run; run it with `caplab run {name}`")
+    data = move_legacy_keys(data)
     unknown = [k for k in data if k not in SECTIONS + ("description", "recipe", "kind", "sweep")]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; valid: description, {', '.join(SECTIONS)}, sweep")
@@ -241,9 +247,11 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
 
     model = resolve_model(dict(data.get("model") or {}), task, task_name)
     train = build_dataclass(TrainConfig, dict(data.get("train") or {}), "train")
+    mat = build_dataclass(MATConfig, dict(data.get("mat") or {}), "mat")
+    diagnostics = build_dataclass(DiagnosticsConfig, dict(data.get("diagnostics") or {}), "diagnostics")
     if model_kind_of(model) != "gpt":  # both act on a GPT's heads and MLPs, or stack GPT weights
-        if train.mat_every:
-            raise ConfigError("train.mat_every (modular adaptive training) needs model.kind=gpt: its modules are "
+        if mat.every:
+            raise ConfigError("mat.every (modular adaptive training) needs model.kind=gpt: its modules are "
                               "attention heads and MLPs")
         if train.ensemble > 1:
             raise ConfigError("train.ensemble > 1 needs model.kind=gpt; train image models one seed per run")
@@ -253,7 +261,28 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
         task={"name": task_name, **dataclasses.asdict(task_cfg), **dataclasses.asdict(corpus_cfg)},
         model=model,
         train=train,
+        mat=mat,
+        diagnostics=diagnostics,
     )
+
+
+def move_legacy_keys(data: dict) -> dict:
+    """A copy of recipe `data` with old `train.mat_*` / `train.spectral_diagnostics_every` keys moved to their
+    sections (`mat.every`, `diagnostics.spectral_every`, ...); a key given both ways must agree."""
+    train = data.get("train") or {}
+    if not any(key in LEGACY_TRAIN_KEYS for key in train):
+        return data
+    data = copy.deepcopy(data)
+    for key in [k for k in data["train"] if k in LEGACY_TRAIN_KEYS]:
+        section, name = LEGACY_TRAIN_KEYS[key]
+        value = data["train"].pop(key)
+        target = data.setdefault(section, {}) or {}
+        data[section] = target
+        if name in target and target[name] != value:
+            raise ConfigError(f"train.{key}={value!r} and {section}.{name}={target[name]!r} disagree; "
+                              f"train.{key} is the old name of {section}.{name}")
+        target[name] = value
+    return data
 
 
 def resolve_model(model_raw: dict, task: Task, task_name: str):

@@ -17,6 +17,7 @@ from caplab.models.gpt import GPT
 from caplab.runs.catalog import Catalog
 from caplab.runs.report import write_report
 from caplab.runs.store import RunStore
+from caplab.train.plugins import attach_plugins
 from caplab.train.trainer import Trainer
 
 
@@ -30,7 +31,9 @@ def build(cfg: ExperimentConfig, store: Optional[RunStore] = None, root: Optiona
     model = cfg.make_model()
     if cfg.train.init_from:
         load_initial_weights(model, cfg.train.init_from, root)
-    return task, model, Trainer(task, model, cfg.train, store)
+    trainer = Trainer(task, model, cfg.train, store)
+    attach_plugins(trainer, cfg.mat, cfg.diagnostics)
+    return task, model, trainer
 
 
 def load_initial_weights(model: torch.nn.Module, source: str, root: Optional[Path] = None) -> dict:
@@ -206,7 +209,7 @@ def run_ensemble(cfg: ExperimentConfig, root: Optional[Path] = None) -> list[Pat
     from caplab.train.ensemble import check_ensemble
 
     members = ensemble_members(cfg)
-    check_ensemble(cfg.model, cfg.train)
+    check_ensemble(cfg)
     return train_ensemble([create_run(member, root) for member in members])
 
 

@@ -93,6 +93,8 @@ class SignalPropagationCallback:
     metrics for the trainer's evaluation record (the first and last block's values).
     """
 
+    name = "signal"  # as a trainer plug-in: `record()` adds the latest reading to each evaluation
+
     def __init__(self, every: int, batch_size: int = 64, seed: int = 0) -> None:
         self.every, self.batch_size, self.seed = every, batch_size, seed
         self.history: list[dict] = []
@@ -108,6 +110,9 @@ class SignalPropagationCallback:
     def __call__(self, trainer, loss: Optional[float] = None) -> None:
         if trainer.step % self.every == 0:
             self.history.append(self.read(trainer))
+
+    def record(self) -> dict[str, float]:
+        return self.latest()
 
     def latest(self) -> dict[str, float]:
         if not self.history:

@@ -80,6 +80,8 @@ class SpectralDiagnostics:
         fraction: k = max(1, round(fraction * min(m, n))) top directions (Spectra's 1.5% by default).
     """
 
+    name = "spectral"  # as a trainer plug-in: `record()` adds its latest reading to each evaluation
+
     def __init__(self, every: int = 50, fraction: float = 0.015, names: Optional[list[str]] = None) -> None:
         self.every, self.fraction, self.names = every, fraction, names
         self.records: list[dict] = []
@@ -106,6 +108,9 @@ class SpectralDiagnostics:
                 record["overlap"] = subspace_overlap(basis, self._previous[name])
             self._previous[name] = basis
             self.records.append(record)
+
+    def record(self) -> dict:
+        return self.latest()
 
     def latest(self) -> dict:
         """Means over the watched matrices at the latest measured step: `grad_energy_share`, its random-matrix

@@ -3,12 +3,12 @@
     base:         a training recipe (task, model, train)
     variants:     name -> changes merged over base, plus two ways to match a control to an earlier
                   variant's run of the same seed:
-                    match_active_fraction: OTHER  train.mat_alpha = OTHER's mean MAT active share: of its
+                    match_active_fraction: OTHER  mat.alpha = OTHER's mean MAT active share: of its
                                                   modules, or of their parameters (weight-gradient FLOPs)
-                                                  with train.mat_share: parameters (the random controls of MAT)
-                    match_frozen: OTHER           train.mat_frozen = the modules OTHER's MAT had frozen
-                                                  when it ended (with mat_rule: fixed, "freeze them from step 0")
-                    match_frozen_most: OTHER      train.mat_frozen = the modules OTHER's MAT kept frozen for
+                                                  with mat.share: parameters (the random controls of MAT)
+                    match_frozen: OTHER           mat.frozen = the modules OTHER's MAT had frozen
+                                                  when it ended (with mat.rule: fixed, "freeze them from step 0")
+                    match_frozen_most: OTHER      mat.frozen = the modules OTHER's MAT kept frozen for
                                                   at least half of its steps
     reference:    the variant savings are measured against
     seeds:        N (default 1): each variant runs once per seed s = 0..N-1, with every `seed_keys`
@@ -44,7 +44,7 @@ from typing import Optional
 import numpy as np
 
 from caplab.analysis.emergence import loss_reach
-from caplab.config import load_recipe, merge_recipe, parse_value, recipe_kind, resolve, set_key
+from caplab.config import load_recipe, merge_recipe, move_legacy_keys, parse_value, recipe_kind, resolve, set_key
 from caplab.errors import ConfigError
 from caplab.runs import html, plots
 from caplab.runs.store import RunStore, atomic_write_json, read_json
@@ -91,11 +91,11 @@ MATCHES = ("match_active_fraction", "match_frozen", "match_frozen_most")
 
 
 def _variant_recipe(name: str, spec: dict, variant: str, seed: int, matched: Optional[dict] = None) -> dict:
-    """The training recipe of one variant and seed; `matched` holds the train keys a match set (see module docstring)."""
+    """The training recipe of one variant and seed; `matched` holds the `mat` keys a match set (see module docstring)."""
     changes = {k: v for k, v in (spec["variants"][variant] or {}).items() if k not in MATCHES}
-    recipe = merge_recipe(spec["base"], changes)
+    recipe = move_legacy_keys(merge_recipe(spec["base"], changes))
     for key, value in (matched or {}).items():
-        recipe = set_key(recipe, f"train.{key}", value)
+        recipe = set_key(recipe, f"mat.{key}", value)
     for key in spec.get("seed_keys", ["train.seed"]):
         recipe = set_key(recipe, key, seed)
     if spec.get("target_loss") is not None:
@@ -106,7 +106,7 @@ def _variant_recipe(name: str, spec: dict, variant: str, seed: int, matched: Opt
 def create_compare(recipe: str, overrides: list[str] = (), root: Optional[Path] = None) -> Path:
     name, spec = load_compare(recipe, overrides)
     for variant in spec["variants"]:  # every variant's config is valid before anything runs
-        resolve(f"{name}.{variant}", _variant_recipe(name, spec, variant, 0, {"mat_alpha": 0.5, "mat_frozen": []}))
+        resolve(f"{name}.{variant}", _variant_recipe(name, spec, variant, 0, {"alpha": 0.5, "frozen": []}))
     return new_folder("studies", name, "study.json",
                       {"recipe": name, "kind": "compare", **spec, "runs": {v: [None] * spec["seeds"] for v in spec["variants"]}}, root)
 
@@ -117,16 +117,16 @@ def _study_runs(study: dict) -> dict[str, list]:
 
 
 def _matched(study: dict, variant: str, runs_dir: Path, run_ids: dict[str, list], seed: int) -> dict:
-    """The train keys the variant's matches take from earlier variants' runs of this seed."""
+    """The `mat` keys the variant's matches take from earlier variants' runs of this seed."""
     changes, out = study["variants"][variant] or {}, {}
     if changes.get("match_active_fraction"):
-        share = (changes.get("train") or {}).get("mat_share", (study["base"].get("train") or {}).get("mat_share", "modules"))
+        share = resolve(variant, _variant_recipe(study["recipe"], study, variant, seed, {"frozen": []})).mat.share
         key = "mat_active_params" if share == "parameters" else "mat_active_fraction"
-        out["mat_alpha"] = _mean_active(RunStore(runs_dir / run_ids[changes["match_active_fraction"]][seed]).metrics(), key)
+        out["alpha"] = _mean_active(RunStore(runs_dir / run_ids[changes["match_active_fraction"]][seed]).metrics(), key)
     if changes.get("match_frozen"):
-        out["mat_frozen"] = _frozen_at_end(RunStore(runs_dir / run_ids[changes["match_frozen"]][seed]))
+        out["frozen"] = _frozen_at_end(RunStore(runs_dir / run_ids[changes["match_frozen"]][seed]))
     if changes.get("match_frozen_most"):
-        out["mat_frozen"] = _frozen_most(RunStore(runs_dir / run_ids[changes["match_frozen_most"]][seed]))
+        out["frozen"] = _frozen_most(RunStore(runs_dir / run_ids[changes["match_frozen_most"]][seed]))
     return out
 
 

@@ -12,7 +12,7 @@ here. Per (optimizer, learning rate):
     reach_step        per seed, the step where the held-out loss first reaches L (interpolated
                       between evaluations); None when it never does (a lower bound at the last step)
     reach_train_s     the same in training seconds (wall clock minus the time spent evaluating)
-    spectral          where the runs logged spectral diagnostics (`train.spectral_diagnostics_every`): the
+    spectral          where the runs logged spectral diagnostics (`diagnostics.spectral_every`): the
                       mean over completed seeds of each seed's mean over its logged steps after step 0 of
                       grad_energy_share, grad_energy_share_random, grad_subspace_overlap and
                       spectra_cache_overlap, and the lowest single logged spectra_cache_overlap

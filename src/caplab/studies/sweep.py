@@ -124,7 +124,7 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     if ensemble:
         from caplab.train.ensemble import check_ensemble
 
-        check_ensemble(configs[0].model, configs[0].train)
+        check_ensemble(configs[0])
     if metric is None:
         sweep["metric"] = configs[0].make_task().primary_metric
     return new_folder("sweeps", Path(recipe).stem, "sweep.json", sweep, root)

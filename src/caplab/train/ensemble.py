@@ -40,14 +40,20 @@ from caplab.models.gpt import GPT, GPTConfig
 from caplab.train.trainer import Trainer, schedule
 
 
-def check_ensemble(cfg: GPTConfig, train_cfg) -> None:
-    """Raise ConfigError for settings ensembles do not support."""
+def check_ensemble(experiment) -> None:
+    """Raise ConfigError for settings ensembles do not support (`experiment`: an ExperimentConfig)."""
+    if experiment.mat.every or experiment.diagnostics.spectral_every or experiment.diagnostics.signal_every:
+        raise ConfigError("train.ensemble does not combine with mat.every or diagnostics")
+    _check_shape(experiment.model, experiment.train)
+
+
+def _check_shape(cfg: GPTConfig, train_cfg) -> None:
     if cfg.normalization_type != "LN" or cfg.attention_dir != "causal" or not cfg.tied_embeddings:
         raise ConfigError("train.ensemble needs the standard GPT (LayerNorm, causal attention, tied embeddings)")
     if train_cfg.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"train.ensemble supports train.optimizer=adamw or sgd, not {train_cfg.optimizer!r}")
-    if train_cfg.mat_every or train_cfg.spectral_diagnostics_every or train_cfg.compile:
-        raise ConfigError("train.ensemble does not combine with train.mat_every, train.spectral_diagnostics_every or train.compile")
+    if train_cfg.compile:
+        raise ConfigError("train.ensemble does not combine with train.compile")
     if train_cfg.stop_at is not None or train_cfg.max_flops is not None:  # members would stop at different steps
         raise ConfigError("train.ensemble does not combine with train.stop_at or train.max_flops")
 
@@ -120,7 +126,9 @@ class EnsembleTrainer:
         self.members = members
         first = members[0]
         self.cfg, self.device = first.cfg, first.device
-        check_ensemble(first.model.cfg, first.cfg)
+        if any(m.plugins for m in members):
+            raise ConfigError("train.ensemble does not combine with mat.every or diagnostics")
+        _check_shape(first.model.cfg, first.cfg)
         if len({m.step for m in members}) != 1:
             raise ValueError("ensemble members must be at the same step")
         self.model = EnsembleGPT([m.model for m in members]).to(self.device)

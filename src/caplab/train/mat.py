@@ -2,15 +2,15 @@
 
 Modules are the attention heads (a head owns its rows of W_Q, W_K, W_V and its
 columns of W_O) and the MLP of each block; every other parameter (embeddings,
-norms, biases of the output projection) always trains. Every `train.mat_every`
+norms, biases of the output projection) always trains. Every `mat.every`
 steps, from step 0, MAT computes each module's empirical-NTK lambda_max on a
 fixed probe batch (`caplab.analysis.ntk`, exact route) and keeps active the
-modules a rule selects (`train.mat_rule`, parameter `train.mat_alpha` = alpha).
+modules a rule selects (`mat.rule`, parameter `mat.alpha` = alpha).
 
-The kernel (`train.mat_kernel`) is by default that of each probe sequence's
+The kernel (`mat.kernel`) is by default that of each probe sequence's
 loss, the quantity training moves; `sum` is the kernel of the sum of the
 logits, a direction the softmax ignores (the first version's). lambda_max is
-divided by the module's parameter count (`train.mat_lambda: per_parameter`,
+divided by the module's parameter count (`mat.lambda_scale: per_parameter`,
 the default), so an MLP of 8x a head's parameters is not kept for its size
 alone; `raw` compares the eigenvalues as they are.
 
@@ -22,11 +22,11 @@ alone; `raw` compares the eigenvalues as they are.
     random_static  a random alpha share drawn once at step 0 and kept (the control matched in active
                    share to a MAT run; no kernels are estimated or charged)
                    (both random rules: a share of the modules' parameters, i.e. of the weight-gradient
-                   FLOPs, with `train.mat_share=parameters`)
-    fixed          every module but `train.mat_frozen`, from step 0 (the control "freeze what MAT
+                   FLOPs, with `mat.share=parameters`)
+    fixed          every module but `mat.frozen`, from step 0 (the control "freeze what MAT
                    ended up freezing, from the start"; no kernels estimated or charged)
 
-The probe batch is drawn from the training data (`train.mat_probe_source=train`, the default: a random
+The probe batch is drawn from the training data (`mat.probe_source=train`, the default: a random
 subset of a finite corpus), so MAT chooses with nothing the model does not train on; `fresh` draws new
 documents (what the first version did, which hands MAT data a finite-corpus run never sees). Every
 evaluation logs the active share of modules (`mat_active_fraction`) and of their parameters
@@ -49,7 +49,8 @@ the kernel contractions.
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 
@@ -104,23 +105,44 @@ def select_active(rule: str, alpha: float, lambdas: dict[str, float], history: l
     return [n for n, k in zip(names, keep.tolist()) if k]
 
 
-class ModularAdaptiveTraining:
-    """Attached by the Trainer when `train.mat_every > 0` (see module docstring)."""
+@dataclass
+class MATConfig:
+    """The `mat:` section of a recipe (old recipes' `train.mat_*` keys are read as these)."""
 
-    def __init__(self, trainer) -> None:
-        self.trainer, self.cfg = trainer, trainer.cfg
+    every: int = 0  # re-estimate module NTKs every N steps (0: off)
+    rule: Literal["mean", "quantile", "temporal", "random", "random_static", "fixed"] = "mean"  # which modules stay active
+    alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random(_static): active fraction
+    probe: int = 16  # probe batch of the kernel estimates
+    kernel: Literal["loss", "sum"] = "loss"  # the NTK of each sample's loss, or of the sum of its logits
+    lambda_scale: Literal["per_parameter", "raw"] = "per_parameter"  # lambda_max per parameter of the module, or as is
+    frozen: Optional[list[str]] = None  # rule fixed: the modules frozen from step 0 (e.g. those a MAT run ended up freezing)
+    share: Literal["modules", "parameters"] = "modules"  # random rules: alpha is a share of modules, or of their parameters
+    probe_source: Literal["train", "fresh"] = "train"  # the probe batch: training documents, or fresh ones
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.probe < 2:
+            raise ValueError("mat.every must be non-negative and mat.probe at least 2")
+
+
+class ModularAdaptiveTraining:
+    """A trainer plug-in (`attach`), used when `mat.every > 0` (see module docstring)."""
+
+    name = "mat"  # its state in checkpoints is meta["mat"]
+
+    def __init__(self, trainer, cfg: MATConfig) -> None:
+        self.trainer, self.cfg, self.seed = trainer, cfg, trainer.cfg.seed
         model = trainer.model
         self.modules = mat_modules(model)
-        generator = torch.Generator(device=trainer.device).manual_seed(self.cfg.seed + 20_000)
+        generator = torch.Generator(device=trainer.device).manual_seed(self.seed + 20_000)
         # training documents by default: MAT may choose with what it trains on, never with held-out data
-        draw = trainer.task.training_probe if self.cfg.mat_probe_source == "train" else trainer.task.held_out
-        self.probe = draw(self.cfg.mat_probe, generator, trainer.device)  # never moves a corpus along
+        draw = trainer.task.training_probe if self.cfg.probe_source == "train" else trainer.task.held_out
+        self.probe = draw(self.cfg.probe, generator, trainer.device)  # never moves a corpus along
         self.active = list(self.modules)
-        unknown = [m for m in self.cfg.mat_frozen or [] if m not in self.modules]
+        unknown = [m for m in self.cfg.frozen or [] if m not in self.modules]
         if unknown:
-            raise ConfigError(f"train.mat_frozen names {unknown[0]!r}, not a module; modules: {', '.join(self.modules)}")
-        if self.cfg.mat_rule == "fixed" and self.cfg.mat_frozen is None:  # [] is allowed: a matched MAT run froze nothing
-            raise ConfigError("train.mat_rule=fixed needs train.mat_frozen, the modules to freeze from step 0")
+            raise ConfigError(f"mat.frozen names {unknown[0]!r}, not a module; modules: {', '.join(self.modules)}")
+        if self.cfg.rule == "fixed" and self.cfg.frozen is None:  # [] is allowed: a matched MAT run froze nothing
+            raise ConfigError("mat.rule=fixed needs mat.frozen, the modules to freeze from step 0")
         self.history: list[dict[str, float]] = []  # one {module: lambda_max} per estimate
         self.frozen_steps = dict.fromkeys(self.modules, 0)  # training steps each module spent frozen
         self.steps_counted = 0
@@ -135,6 +157,7 @@ class ModularAdaptiveTraining:
                           ("on_backward_end", self._freeze_head_gradients), ("on_optimizer_step_end", self._restore_heads)):
             trainer.add_callback(event, fn)
         trainer.flops_this_step = self.step_flops
+        trainer.add_plugin(self)
 
     # ------------------------------------------------------------ estimates and selection
 
@@ -146,38 +169,38 @@ class ModularAdaptiveTraining:
         for module in self.modules:  # the step just taken ran with the current active set
             self.frozen_steps[module] += module not in self.active
         self.steps_counted += 1
-        if trainer.step % self.cfg.mat_every == 0:
+        if trainer.step % self.cfg.every == 0:
             self.refresh()
 
     def refresh(self) -> None:
         """Estimate every module's lambda_max, choose the active modules, charge the estimate's FLOPs."""
-        rule = self.cfg.mat_rule
+        rule = self.cfg.rule
         if rule in ("random_static", "fixed"):  # controls: chosen once, without kernels
             if self.history:
                 return
-            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003)
-            sizes = self.sizes if self.cfg.mat_share == "parameters" else None
-            self.active = (select_active("random", self.cfg.mat_alpha, dict.fromkeys(self.modules, 0.0), [], generator, sizes)
-                           if rule == "random_static" else [m for m in self.modules if m not in self.cfg.mat_frozen])
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003)
+            sizes = self.sizes if self.cfg.share == "parameters" else None
+            self.active = (select_active("random", self.cfg.alpha, dict.fromkeys(self.modules, 0.0), [], generator, sizes)
+                           if rule == "random_static" else [m for m in self.modules if m not in self.cfg.frozen])
             self.history.append({})
             self._apply_requires_grad()
             return
         self.history.append(self.lambdas())
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.trainer.step)
-        self.active = select_active(rule, self.cfg.mat_alpha, self.history[-1], self.history[:-1], generator,
-                                    self.sizes if self.cfg.mat_share == "parameters" else None)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.trainer.step)
+        self.active = select_active(rule, self.cfg.alpha, self.history[-1], self.history[:-1], generator,
+                                    self.sizes if self.cfg.share == "parameters" else None)
         self.trainer.flops_spent += self.estimate_flops
         self._apply_requires_grad()
 
     def lambdas(self) -> dict[str, float]:
-        """Each module's lambda_max on the probe batch (per parameter unless `mat_lambda=raw`)."""
+        """Each module's lambda_max on the probe batch (per parameter unless `mat.lambda_scale=raw`)."""
         model = self.trainer.model
         was_training = model.training
         model.eval()
-        kernels = module_kernels(model, self.probe.tokens, self.modules, output=self.cfg.mat_kernel,
+        kernels = module_kernels(model, self.probe.tokens, self.modules, output=self.cfg.kernel,
                                  targets=self.probe.targets, loss_mask=self.probe.loss_mask)
         model.train(was_training)
-        scale = {m: self.sizes[m] if self.cfg.mat_lambda == "per_parameter" else 1 for m in self.modules}
+        scale = {m: self.sizes[m] if self.cfg.lambda_scale == "per_parameter" else 1 for m in self.modules}
         return {m: torch.linalg.eigvalsh(k)[-1].item() / scale[m] for m, k in kernels.items()}
 
     def _apply_requires_grad(self) -> None:

@@ -12,8 +12,10 @@ Callback events, each called as `fn(trainer, **info)`:
     on_train_start, on_backward_end (gradients ready, before clipping and the optimizer step),
     on_optimizer_step_end, on_step_end(loss), on_eval(record), on_checkpoint(step), on_train_end(record)
 
-Modular adaptive training (`train.mat_every > 0`, `caplab.train.mat`) plugs in
-through these events and `flops_this_step`.
+Plug-ins (`add_plugin`: modular adaptive training, diagnostics; built from
+their config sections by `caplab.train.plugins.attach_plugins`) use these
+events, add to each evaluation's record and keep state in checkpoints; MAT
+also replaces `flops_this_step`.
 """
 
 from __future__ import annotations
@@ -62,16 +64,6 @@ class TrainConfig:
     optimizer: Literal["adamw", "sgd", "muon", "spectra"] = "adamw"  # muon / spectra: 2-D weights of attention and MLPs, AdamW elsewhere
     momentum: Optional[float] = None  # sgd, muon, spectra; None: 0.9 for sgd, 0.95 for muon and spectra
     spectral_rank_fraction: float = 0.015  # spectra: share of singular directions treated as the spike (0: none, a control)
-    mat_every: int = 0  # modular adaptive training: re-estimate module NTKs every N steps (0: off)
-    mat_rule: Literal["mean", "quantile", "temporal", "random", "random_static", "fixed"] = "mean"  # which modules stay active
-    mat_alpha: float = 1.0  # mean: tau = alpha x mean lambda; quantile: q; temporal: beta; random(_static): active fraction
-    mat_probe: int = 16  # probe batch of the kernel estimates
-    mat_kernel: Literal["loss", "sum"] = "loss"  # the NTK of each sample's loss, or of the sum of its logits
-    mat_lambda: Literal["per_parameter", "raw"] = "per_parameter"  # lambda_max per parameter of the module, or as is
-    mat_frozen: Optional[list[str]] = None  # rule fixed: the modules frozen from step 0 (e.g. those a MAT run ended up freezing)
-    mat_share: Literal["modules", "parameters"] = "modules"  # random rules: alpha is a share of modules, or of their parameters
-    mat_probe_source: Literal["train", "fresh"] = "train"  # the probe batch: training documents, or fresh ones
-    spectral_diagnostics_every: int = 0  # log gradient spike energy share and subspace overlap every N steps (0: off)
     stop_at: Optional[float] = None  # stop at the first evaluation where stop_metric reaches this value
     stop_metric: str = "eval_loss"  # ...at or below it for a metric named *loss, at or above it otherwise (e.g. seen_exact)
     max_flops: Optional[float] = None  # stop once the training FLOPs (MAT's estimates included) reach this cap
@@ -88,8 +80,6 @@ class TrainConfig:
             raise ValueError(f"train.ensemble must be at least 1, got {self.ensemble}")
         if self.max_flops is not None and self.max_flops <= 0:
             raise ValueError(f"train.max_flops must be positive, got {self.max_flops}")
-        if self.mat_every < 0 or self.mat_probe < 2:
-            raise ValueError("train.mat_every must be non-negative and train.mat_probe at least 2")
 
 
 def schedule(total: int, every: int, log_spaced: bool = True) -> list[int]:
@@ -150,19 +140,18 @@ class Trainer:
         self._held_out = None
         self.restored = False
         self.eval_seconds = 0.0
-        self.spectral = None
-        if cfg.spectral_diagnostics_every > 0:
-            from caplab.analysis.spectral import SpectralDiagnostics
-
-            self.spectral = SpectralDiagnostics(cfg.spectral_diagnostics_every)
-            self.add_callback("on_step_end", self.spectral)
-        self.mat = None
-        if cfg.mat_every > 0:
-            from caplab.train.mat import ModularAdaptiveTraining
-
-            self.mat = ModularAdaptiveTraining(self)
+        self.plugins: dict[str, object] = {}  # MAT, diagnostics (caplab.train.plugins): add_plugin
 
     # ------------------------------------------------------------ plumbing
+
+    def add_plugin(self, plugin) -> None:
+        """A plug-in (see caplab.train.plugins): its `record()` joins each evaluation, its state each checkpoint."""
+        self.plugins[plugin.name] = plugin
+
+    @property
+    def mat(self):
+        """The modular adaptive training plug-in, or None."""
+        return self.plugins.get("mat")
 
     def add_callback(self, event: str, fn: Callable) -> None:
         if event not in EVENTS:
@@ -193,8 +182,9 @@ class Trainer:
         if hasattr(self.task, "data_state"):  # e.g. a finite corpus's place in its epoch
             extra.update({f"task.{k}": v for k, v in self.task.data_state().items()})
         meta = {**meta, "step": self.step, "flops_spent": self.flops_spent}
-        if self.mat is not None:
-            meta["mat"] = self.mat.state_dict()
+        for name, plugin in self.plugins.items():
+            if hasattr(plugin, "state_dict"):
+                meta[name] = plugin.state_dict()
         return model, extra, meta
 
     def restore(self, model: dict, extra: dict, meta: dict) -> None:
@@ -206,8 +196,9 @@ class Trainer:
             self.task.load_data_state({k[len("task."):]: v for k, v in extra.items() if k.startswith("task.")})
         self.step = int(meta["step"])
         self.flops_spent = int(meta.get("flops_spent", 0))
-        if self.mat is not None:
-            self.mat.load_state_dict(meta["mat"])
+        for name, plugin in self.plugins.items():
+            if hasattr(plugin, "load_state_dict"):
+                plugin.load_state_dict(meta[name])
         self.restored = True
 
     # ------------------------------------------------------------ steps
@@ -266,10 +257,8 @@ class Trainer:
         record = {"step": self.step, self.unit: self.step * self.units_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
         if self.flops_per_step is not None:
             record["flops"] = self.flops_spent
-        if self.mat is not None:
-            record.update(self.mat.record())
-        if self.spectral is not None:
-            record.update(self.spectral.latest())
+        for plugin in self.plugins.values():
+            record.update(plugin.record())
         if train_loss is not None:
             record["train_loss"] = train_loss
         if hasattr(self.task, "data_metrics"):

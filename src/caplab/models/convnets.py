@@ -95,7 +95,7 @@ def _init_convs(model: nn.Module) -> None:
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         if isinstance(module, WeightNormConv2d):
-            module.reset_gain()  # start as the initialised weight
+            nn.init.ones_(module.gain)  # unit-norm filters at initialisation, as the paper's WN layer (gamma = 1)
 
 
 class ImageClassifier(HookedModule):

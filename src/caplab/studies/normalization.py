@@ -18,11 +18,12 @@ Three arms, each with seeds and a control where the theory predicts nothing:
    inputs' own cosine similarity is the reference level.
 3. **Small batches** (training): a small VGG trained on the recipe's task with
    each normalizer at several batch sizes and a fixed budget of images (SGD,
-   the learning rate scaled linearly with the batch size, as in the paper's
-   code); held-out accuracy per (normalizer, batch size) and the change from
+   the learning rate scaled linearly with the batch size; the paper's code
+   scales it inversely); held-out accuracy per (normalizer, batch size) and the change from
    the largest batch size, paired by seed. Claim: BatchNorm degrades at small
    batch sizes and batch-independent normalizers do not; the largest batch
-   size is where no normalizer should lose.
+   size is meant as the reference where no normalizer should lose (with a
+   fixed image budget it is also the fewest steps: docs/normalization.md).
 
 Numbers are means over seeds with 95% t-intervals. The training runs are
 ordinary catalogued runs, listed in `study.json` (`caplab resume` continues
@@ -196,6 +197,11 @@ def run_normalization(path: Path) -> dict:
     return summary
 
 
+def cfg_blocks(cfg: NormalizationStudyConfig) -> int:
+    """Residual blocks per stage of the study's ResNet (three stages)."""
+    return (cfg.resnet_depth - 2) // 6
+
+
 def _final_accuracy(runs_dir: Path, run_id: str) -> Optional[float]:
     store = RunStore(runs_dir / run_id)
     if store.info()["status"] != "completed":
@@ -207,7 +213,12 @@ def analyse(study: dict, cfg: NormalizationStudyConfig, runs_dir: Path, depth: d
     growth = {}
     for key, curves in depth.items():
         arr = np.array(curves)
+        # a stage's first block re-normalises the stream for its projection shortcut, so growth is read per stage too
+        starts = list(range(0, arr.shape[1], cfg_blocks(cfg)))
         growth[key] = {"last_over_first": mean_interval(list(arr[:, -1] / arr[:, 0])),
+                       "log10_last_over_first": mean_interval(list(np.log10(arr[:, -1] / arr[:, 0]))),
+                       "per_stage": [mean_interval(list(arr[:, min(s + cfg_blocks(cfg), arr.shape[1]) - 1] / arr[:, s]))
+                                     for s in starts],
                        "last_variance": mean_interval(list(arr[:, -1]))}
     informativeness = {}
     for key, readings in groups.items():

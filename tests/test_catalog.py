@@ -40,7 +40,7 @@ def test_rebuild_and_dataframe_match_the_run_directories(tmp_path):
         (tmp_path / f"catalog.sqlite{suffix}").unlink(missing_ok=True)
     catalog = Catalog(tmp_path)
     assert catalog.runs() == []
-    assert catalog.rebuild() == 2
+    assert catalog.rebuild() == (2, [])
     assert catalog.runs() == before
     assert [r["status"] for r in catalog.runs(status="completed")] == ["completed"] * 2
     assert catalog.runs(recipe="nope") == []

@@ -76,11 +76,13 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, code, message):
 def test_corrupt_checkpoint_on_resume_is_one_line(tmp_path):
     result = caplab("run", "demo", *_sets(TINY + ["train.steps=4"]), root=tmp_path)
     run_dir = RunStore.open(result.stdout.strip().splitlines()[-1])
+    run_dir.set_status("interrupted")  # as a killed run is: a completed run has nothing to resume
     state = run_dir.path / "checkpoints/step_00000004.state.safetensors"
     state.write_bytes(state.read_bytes()[:-10])
     resumed = caplab("resume", run_dir.path.name, root=tmp_path)
     assert resumed.returncode == 1 and len(resumed.stderr.strip().splitlines()) == 1
     assert "is corrupt" in resumed.stderr
+    assert run_dir.info()["status"] == "interrupted"  # the failed resume changed nothing
     assert (run_dir.path / "checkpoints/step_00000004.safetensors").is_file()  # nothing saved is lost
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
-from caplab.errors import CaplabError, ConfigError
+from caplab.errors import CaplabError, ConfigError, DamagedRun
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,10 +63,14 @@ def cmd_runs(args) -> None:
     from caplab.runs.catalog import Catalog
     from caplab.tasks.base import DATA_UNITS
 
-    catalog = Catalog(_root(args))
+    catalog = Catalog(_root(args)) if args.rebuild else Catalog.for_reading(_root(args))
     if args.rebuild:
-        print(f"caplab: catalog rebuilt from {catalog.rebuild()} run directories", file=sys.stderr)
-    rows = catalog.runs(recipe=args.recipe, status=args.status)
+        count, damaged = catalog.rebuild()
+        for line in damaged:
+            print(f"caplab: warning: skipped damaged run {line}", file=sys.stderr)
+        print(f"caplab: catalog rebuilt from {count} run directories" + (f" ({len(damaged)} damaged, skipped)" if damaged else ""),
+              file=sys.stderr)
+    rows = catalog.live_runs(recipe=args.recipe, status=args.status)
     headline = sorted({k for r in rows for k, v in r["summary"].items() if k not in ("step", *DATA_UNITS) and isinstance(v, float)})
     table = [["run", "recipe", "status", "step", *headline]]
     for r in rows:
@@ -76,16 +81,30 @@ def cmd_runs(args) -> None:
 
 
 def cmd_show(args) -> None:
+    """Everything of the run that can be read; a damaged part is named on stderr and the exit is non-zero."""
+    from caplab.runs.owner import live_status
     from caplab.runs.store import RunStore
 
     store = RunStore.open(args.run, _root(args))
-    info = store.info()
-    print(f"run      {info['run_id']}\npath     {store.path}\nrecipe   {info['recipe']}\nstatus   {info['status']}")
+    damaged: list[str] = []
+
+    def part(read, default):
+        try:
+            return read()
+        except DamagedRun as exc:
+            damaged.append(str(exc))
+            return default
+
+    info = part(store.info, {})
+    print(f"run      {info.get('run_id', store.path.name)}\npath     {store.path}\nrecipe   {info.get('recipe', '?')}\n"
+          f"status   {live_status(info['status'], store.path) if 'status' in info else '?'}")
     if info.get("error"):
         print(f"error    {info['error']}")
-    print("config")
-    print(json.dumps(store.config_dict(), indent=2))
-    facts = store.read_json("task.json") if (store.path / "task.json").is_file() else {}
+    config = part(store.config_dict, None)
+    if config is not None:
+        print("config")
+        print(json.dumps(config, indent=2))
+    facts = part(lambda: store.read_json("task.json") if (store.path / "task.json").is_file() else {}, {})
     if "reachable_adjective_oracle" in facts:  # the concept world: can the order parameter be passed without the subject?
         graph = facts["class_graph"]
         print(f"world    class graphs: density {min(graph['density']):.3g}-{max(graph['density']):.3g} "
@@ -93,14 +112,17 @@ def cmd_show(args) -> None:
               f"{max(graph['components'])} at most, largest {min(graph['largest_component_fraction']):.0%} of nodes at least")
         print(f"         reachable_pairs floor {facts['reachable_floor']:.3f}, adjective-only oracle "
               f"{facts['reachable_adjective_oracle']:.3f}")
-    records = store.metrics()
+    records = part(store.metrics, [])
     if records:
         print(f"final metrics (step {records[-1]['step']})")
         width = max(len(k) for k in records[-1])
         for key, value in records[-1].items():
             print(f"  {key:<{width}}  {value:.4f}" if isinstance(value, float) else f"  {key:<{width}}  {value}")
-    checkpoints = store.manifest()["checkpoints"]
-    print(f"checkpoints: {len(checkpoints)} (steps {', '.join(str(c['step']) for c in checkpoints)})")
+    checkpoints = part(lambda: store.manifest()["checkpoints"], None)
+    if checkpoints is not None:
+        print(f"checkpoints: {len(checkpoints)} (steps {', '.join(str(c.get('step')) for c in checkpoints)})")
+    if damaged:
+        raise DamagedRun("; ".join(damaged))
 
 
 def cmd_report(args) -> None:
@@ -184,16 +206,42 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, handled as Ctrl-C is: runs are marked interrupted and stay resumable."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import sqlite3
+
+    from safetensors import SafetensorError
+
     args = make_parser().parse_args(argv)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (an embedding program): leave its handlers alone
+        previous = None
     try:
         args.fn(args)
     except CaplabError as exc:
         print(f"caplab: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         print("caplab: interrupted; resume with `caplab resume RUN`", file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
+    except OSError as exc:  # a full disk, a read-only folder, a missing permission: the OS's words, one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"caplab: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    except (sqlite3.Error, SafetensorError) as exc:  # e.g. "database or disk is full"
+        print(f"caplab: error: cannot write: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional
 import yaml
 
 from caplab.errors import ConfigError
+from caplab.names import check_name
 from caplab.models.gpt import GPTConfig
 from caplab.models.registry import MODEL_KINDS, build_model, kinds_reading, model_kind_of, task_fields
 from caplab.tasks import TASKS, Task, make_task
@@ -81,7 +82,10 @@ def load_recipe(name_or_path: str) -> tuple[str, dict]:
     """Return `(recipe name, raw dict)` for a shipped recipe name or a YAML file path."""
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) and path.is_file():
-        text, name = path.read_text(), path.stem
+        try:
+            text, name = path.read_text(encoding="utf-8"), path.stem
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {name_or_path!r} is not UTF-8 text (a YAML file is expected)") from None
     elif name_or_path in recipe_names():
         text, name = (resources.files("caplab") / "recipes" / f"{name_or_path}.yaml").read_text(), name_or_path
     else:
@@ -131,6 +135,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         parts = key.split(".")
         if parts[0] not in SECTIONS + ("description",):
             raise ConfigError(f"unknown key {key!r}; valid sections: {', '.join(SECTIONS)}")
+        if parts[0] in SECTIONS and len(parts) == 1:  # `train=null` would drop the section and earlier overrides
+            raise ConfigError(f"bad override {item!r}; set a key inside the section, e.g. {key}.KEY=VALUE")
         node = data
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -234,6 +240,10 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     unknown = [k for k in data if k not in SECTIONS + ("description", "recipe", "kind", "sweep")]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; valid: description, {', '.join(SECTIONS)}, sweep")
+    for section in SECTIONS:
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise ConfigError(f"section {section!r} must be a mapping of keys, got {type(data[section]).__name__}")
+    recipe = check_name(str(data.get("recipe", name)), "recipe name")
     task_raw = dict(data.get("task") or {})
     task_name = task_raw.pop("name", None)
     if task_name not in TASKS:
@@ -256,7 +266,7 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
         if train.ensemble > 1:
             raise ConfigError("train.ensemble > 1 needs model.kind=gpt; train image models one seed per run")
     return ExperimentConfig(
-        recipe=str(data.get("recipe", name)),
+        recipe=recipe,
         description=str(data.get("description", "")).strip(),
         task={"name": task_name, **dataclasses.asdict(task_cfg), **dataclasses.asdict(corpus_cfg)},
         model=model,

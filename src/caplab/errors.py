@@ -30,3 +30,13 @@ class TrainingDiverged(CaplabError):
     def __init__(self, message: str, runs: tuple = ()) -> None:
         super().__init__(message)
         self.runs = list(runs)
+
+
+class RunInUse(CaplabError):
+    """Another live process owns the run, sweep or study (see caplab.runs.owner)."""
+
+    exit_code = 2
+
+
+class DamagedRun(CaplabError):
+    """A run's own file (run.json, config.json, metrics.jsonl, ...) is missing or not what caplab wrote."""

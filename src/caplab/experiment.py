@@ -6,19 +6,22 @@ import contextlib
 import dataclasses
 import math
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from safetensors import SafetensorError
 
-from caplab.config import ExperimentConfig, config_from_json
+from caplab.config import ExperimentConfig
 from caplab.errors import CaplabError, ConfigError, TrainingDiverged
 from caplab.models.gpt import GPT
 from caplab.runs.catalog import Catalog
+from caplab.runs.owner import owning
 from caplab.runs.report import write_report
 from caplab.runs.store import RunStore
 from caplab.train.plugins import attach_plugins
-from caplab.train.trainer import Trainer
+from caplab.train.trainer import Trainer, resolve_device
 
 
 def build(cfg: ExperimentConfig, store: Optional[RunStore] = None, root: Optional[Path] = None):
@@ -98,26 +101,38 @@ def _finish(store: RunStore, task, final: dict, catalog: Catalog) -> Path:
 
 @contextlib.contextmanager
 def _marking_failures(stores: list[RunStore], catalog: Catalog):
-    """A training error marks the runs failed (a CaplabError) or interrupted (anything else); checkpoints stay."""
+    """A training error marks the runs failed (a CaplabError, or a write the OS refused: a full disk) or
+    interrupted (anything else: Ctrl-C, SIGTERM, a bug); checkpoints stay."""
     try:
         yield
     except CaplabError as exc:
-        for store in stores:
-            store.set_status("failed", str(exc), diverged=isinstance(exc, TrainingDiverged))
-            catalog.upsert_run(store)
+        _mark(stores, catalog, "failed", str(exc), diverged=isinstance(exc, TrainingDiverged))
+        raise
+    except (OSError, sqlite3.Error, SafetensorError) as exc:
+        _mark(stores, catalog, "failed", f"storage: {exc}")
         raise
     except BaseException as exc:  # Ctrl-C or a bug: the checkpoints stay resumable
-        for store in stores:
-            store.set_status("interrupted", f"{type(exc).__name__}: {exc}")
-            catalog.upsert_run(store)
+        _mark(stores, catalog, "interrupted", f"{type(exc).__name__}: {exc}")
         raise
+
+
+def _mark(stores: list[RunStore], catalog: Catalog, status: str, error: str, diverged: bool = False) -> None:
+    """Record the status where the disk lets us; a full disk must not hide the error that stopped the run."""
+    for store in stores:
+        try:
+            store.set_status(status, error, diverged=diverged)
+            catalog.upsert_run(store)
+        except (OSError, sqlite3.Error):
+            pass
 
 
 def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
-    task, trainer = _prepare(store, cfg, catalog, restore)
-    with _marking_failures([store], catalog):
-        final = trainer.fit()
-    return _finish(store, task, final, catalog)
+    with owning(store.path):
+        store.remove_temporaries()
+        task, trainer = _prepare(store, cfg, catalog, restore)
+        with _marking_failures([store], catalog):
+            final = trainer.fit()
+        return _finish(store, task, final, catalog)
 
 
 def train_ensemble(stores: list[RunStore]) -> list[Path]:
@@ -128,18 +143,21 @@ def train_ensemble(stores: list[RunStore]) -> list[Path]:
     from caplab.train.ensemble import EnsembleTrainer
 
     catalog = Catalog(stores[0].path.parent)
-    prepared = [_prepare(store, config_from_json((store.path / "config.json").read_text()), catalog, restore=False)
-                for store in stores]
-    ensemble = EnsembleTrainer([trainer for _, trainer in prepared])
-    with _marking_failures(stores, catalog):
-        finals = ensemble.fit()
-    paths = []
-    for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
-        if index in ensemble.failed:
-            store.set_status("failed", ensemble.failed[index], diverged=True)  # members only ever drop out diverged
-            catalog.upsert_run(store)
-        else:
-            paths.append(_finish(store, task, final, catalog))
+    with contextlib.ExitStack() as owned:
+        for store in stores:
+            owned.enter_context(owning(store.path))
+        prepared = [_prepare(store, store.experiment_config(), catalog, restore=False)
+                    for store in stores]
+        ensemble = EnsembleTrainer([trainer for _, trainer in prepared])
+        with _marking_failures(stores, catalog):
+            finals = ensemble.fit()
+        paths = []
+        for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
+            if index in ensemble.failed:
+                store.set_status("failed", ensemble.failed[index], diverged=True)  # members only ever drop out diverged
+                catalog.upsert_run(store)
+            else:
+                paths.append(_finish(store, task, final, catalog))
     if ensemble.failed:  # the others are complete; the caller learns which diverged
         raise TrainingDiverged("; ".join(f"run {stores[i].run_id}: {message}" for i, message in sorted(ensemble.failed.items())),
                                runs=[stores[i].run_id for i in sorted(ensemble.failed)])
@@ -167,6 +185,7 @@ def _emergence_order(records: list[dict], metrics: tuple[str, ...]) -> list[dict
 
 def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optional[str] = None) -> RunStore:
     """A new run directory holding `cfg` (status "created"), catalogued; nothing trained yet."""
+    resolve_device(cfg.train.device)  # a device this machine lacks fails before anything is created
     if cfg.train.init_from:  # a missing source, checkpoint or shape mismatch fails before anything is created
         load_initial_weights(cfg.make_model(), cfg.train.init_from, root)
     files = {"config.json": cfg.to_dict(), "task.json": cfg.make_task().describe()}
@@ -177,6 +196,11 @@ def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optio
 
 def record_model_run(store: RunStore, cfg: ExperimentConfig, model: GPT) -> Path:
     """Complete a created run with `model` as its step-0 checkpoint and evaluation (a compiled program, say)."""
+    with owning(store.path):
+        return _record_model(store, cfg, model)
+
+
+def _record_model(store: RunStore, cfg: ExperimentConfig, model: GPT) -> Path:
     task, fresh, trainer = build(cfg, _StoreSink(store, Catalog(store.path.parent)), store.path.parent)
     fresh.load_state_dict(model.state_dict())
     store.set_status("running")
@@ -193,7 +217,7 @@ def record_model_run(store: RunStore, cfg: ExperimentConfig, model: GPT) -> Path
 
 def train_run(store: RunStore) -> Path:
     """Train a run created by `create_run` from the start."""
-    cfg = config_from_json((store.path / "config.json").read_text())
+    cfg = store.experiment_config()
     return _train(store, cfg, Catalog(store.path.parent), restore=False)
 
 
@@ -243,16 +267,18 @@ def resume_run(name: str, root: Optional[Path] = None) -> Path:
     A run that died before its first checkpoint starts again from step 0.
     """
     store = RunStore.open(name, root)
+    if store.info()["status"] == "completed":  # nothing to continue; its files and status stay as they are
+        return store.path
     if not store.manifest()["checkpoints"]:
         return train_run(store)
-    cfg = config_from_json((store.path / "config.json").read_text())
+    cfg = store.experiment_config()
     return _train(store, cfg, Catalog(store.path.parent), restore=True)
 
 
 def load_model(name: str, step: Optional[int] = None, root: Optional[Path] = None) -> tuple[torch.nn.Module, ExperimentConfig]:
     """The model of run `name` at `step` (default: newest checkpoint), hash-checked, no unpickling."""
     store = RunStore.open(name, root)
-    cfg = config_from_json((store.path / "config.json").read_text())
+    cfg = store.experiment_config()
     model = cfg.make_model()
     tensors, _ = store.load_weights(step)
     model.load_state_dict(tensors)

@@ -10,9 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from caplab.errors import CaplabError
+from caplab.runs.owner import live_status
 from caplab.runs.store import RunStore, runs_root
 from caplab.tasks.base import DATA_UNITS
 
@@ -40,17 +43,37 @@ CREATE INDEX IF NOT EXISTS metrics_by_name ON metrics (name, run_id);
 """
 
 CATALOG_FILE = "catalog.sqlite"
+UPSERT_RUN = ("INSERT OR REPLACE INTO runs (run_id, recipe, status, created, updated, path, config, summary, error)"
+              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class Catalog:
-    """The run catalog at `<runs root>/catalog.sqlite`."""
+    """The run catalog at `<runs root>/catalog.sqlite`.
 
-    def __init__(self, root: Optional[Path] = None) -> None:
+    `for_reading` opens it for commands that only read: on a read-only archive it falls back to a private
+    copy scanned from the run directories, so reading never needs write access.
+    """
+
+    def __init__(self, root: Optional[Path] = None, path: Optional[Path] = None) -> None:
         self.root = Path(root) if root is not None else runs_root()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.path = self.root / CATALOG_FILE
+        if path is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path) if path is not None else self.root / CATALOG_FILE
         with self._connect() as db:
             db.executescript(SCHEMA)
+
+    @classmethod
+    def for_reading(cls, root: Optional[Path] = None) -> "Catalog":
+        """The catalog of `root`, or, where it cannot be written (a read-only archive), one scanned into a
+        temporary file from the run directories."""
+        try:
+            return cls(root)
+        except (OSError, sqlite3.Error):
+            scratch = tempfile.TemporaryDirectory(prefix="caplab-catalog-")
+            catalog = cls(root, path=Path(scratch.name) / CATALOG_FILE)
+            catalog._scratch = scratch  # removed with the catalog
+            catalog.rebuild()
+            return catalog
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -70,26 +93,31 @@ class Catalog:
 
     # ------------------------------------------------------------ writing
 
-    def upsert_run(self, store: RunStore) -> None:
+    @staticmethod
+    def _run_row(store: RunStore) -> tuple:
         info = store.info()
         config = store.config_dict() if (store.path / "config.json").is_file() else {}
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "INSERT OR REPLACE INTO runs (run_id, recipe, status, created, updated, path, config, summary, error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (info["run_id"], info["recipe"], info["status"], info["created"], info["updated"],
-                 str(store.path.resolve()), json.dumps(config), json.dumps(store.summary()), info.get("error")),
-            )
-            db.execute("COMMIT")
+        return (info["run_id"], info["recipe"], info["status"], info["created"], info["updated"],
+                str(store.path.resolve()), json.dumps(config), json.dumps(store.summary()), info.get("error"))
 
-    def add_metrics(self, run_id: str, records: Iterable[dict]) -> None:
-        rows = [
+    @staticmethod
+    def _metric_rows(run_id: str, records: Iterable[dict]) -> list[tuple]:
+        return [
             (run_id, int(r["step"]), int(next((r[u] for u in DATA_UNITS if u in r), 0)), name, float(value))
             for r in records
             for name, value in r.items()
             if name not in ("step", *DATA_UNITS) and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
+
+    def upsert_run(self, store: RunStore) -> None:
+        row = self._run_row(store)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(UPSERT_RUN, row)
+            db.execute("COMMIT")
+
+    def add_metrics(self, run_id: str, records: Iterable[dict]) -> None:
+        rows = self._metric_rows(run_id, records)
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", rows)
@@ -99,22 +127,29 @@ class Catalog:
         with self._connect() as db:
             db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
 
-    def rebuild(self) -> int:
-        """Recreate the catalog from the run directories; return the number of runs."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM metrics")
-            db.execute("DELETE FROM runs")
-            db.execute("COMMIT")
-        count = 0
+    def rebuild(self) -> tuple[int, list[str]]:
+        """Recreate the catalog from the run directories in one transaction: (runs catalogued, damaged runs
+        skipped, each "name: what is wrong"). A failure part-way leaves the old catalog whole."""
+        rows, metrics, damaged = [], [], []
         for run_json in sorted(self.root.glob("*/run.json")):
             if run_json.parent.name.startswith("."):
                 continue  # a run directory still being assembled (or left by a crash)
             store = RunStore(run_json.parent)
-            self.upsert_run(store)
-            self.add_metrics(store.run_id, store.metrics())
-            count += 1
-        return count
+            try:
+                row = self._run_row(store)
+                metrics.extend(self._metric_rows(row[0], store.metrics()))
+            except CaplabError as exc:
+                damaged.append(f"{run_json.parent.name}: {exc}")
+                continue
+            rows.append(row)
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM metrics")
+            db.execute("DELETE FROM runs")
+            db.executemany(UPSERT_RUN, rows)
+            db.executemany("INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)", metrics)
+            db.execute("COMMIT")
+        return len(rows), damaged
 
     # ------------------------------------------------------------ reading
 
@@ -128,6 +163,11 @@ class Catalog:
             db.row_factory = sqlite3.Row
             rows = db.execute(query + " ORDER BY created, run_id", args).fetchall()
         return [{**dict(r), "summary": json.loads(r["summary"])} for r in rows]
+
+    def live_runs(self, recipe: Optional[str] = None, status: Optional[str] = None) -> list[dict]:
+        """`runs`, with each status as it stands now: "running" only while its owner lives (else "interrupted")."""
+        rows = [{**r, "status": live_status(r["status"], Path(r["path"]))} for r in self.runs(recipe=recipe)]
+        return [r for r in rows if status is None or r["status"] == status]
 
     def metric_rows(self, run_ids: Optional[list[str]] = None) -> list[tuple]:
         query = "SELECT m.run_id, r.recipe, m.step, m.tokens, m.name, m.value FROM metrics m JOIN runs r USING (run_id)"
@@ -143,7 +183,7 @@ def metrics_frame(run_ids: Optional[list[str]] = None, recipe: Optional[str] = N
     """Metrics of many runs as a pandas DataFrame: one row per (run, evaluation), one column per metric."""
     import pandas as pd
 
-    catalog = Catalog(root)
+    catalog = Catalog.for_reading(root)
     if recipe is not None:
         wanted = [r["run_id"] for r in catalog.runs(recipe=recipe)]
         run_ids = wanted if run_ids is None else [r for r in run_ids if r in wanted]

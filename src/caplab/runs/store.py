@@ -21,8 +21,10 @@ import datetime as dt
 import hashlib
 import json
 import os
+import math
 import secrets
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -31,7 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from caplab.errors import CorruptCheckpoint, RunNotFound
+from caplab.errors import CorruptCheckpoint, DamagedRun, RunNotFound
+from caplab.names import SAFE_NAME, check_name
 
 
 def runs_root() -> Path:
@@ -81,6 +84,37 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def read_document(path: Path, keys: tuple[str, ...] = ()) -> dict:
+    """The JSON object in `path` with `keys`; DamagedRun (one line naming the file) if it is missing or damaged."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedRun(f"{path} is missing") from None
+    except UnicodeDecodeError:
+        raise DamagedRun(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise DamagedRun(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(obj, dict):
+        raise DamagedRun(f"{path} should hold a JSON object, not {type(obj).__name__}")
+    missing = [key for key in keys if key not in obj]
+    if missing:
+        raise DamagedRun(f"{path} lacks {', '.join(repr(k) for k in missing)}")
+    return obj
+
+
+def strict_record(record: dict) -> dict:
+    """`record` with non-finite floats as null, their keys listed under "nonfinite" (metrics.jsonl is strict JSON)."""
+    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return record
+    return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+
+
+def warn(message: str) -> None:
+    print(f"caplab: warning: {message}", file=sys.stderr)
+
+
 class RunStore:
     """Reads and writes one run directory."""
 
@@ -102,10 +136,12 @@ class RunStore:
         so a run directory either exists whole or not at all.
         """
         root = Path(root) if root is not None else runs_root()
-        run_id = run_id or cls.new_run_id(recipe)
+        check_name(recipe, "recipe name")
+        run_id = check_name(run_id or cls.new_run_id(recipe), "run id")
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{run_id}."))
         try:
+            os.chmod(staging, 0o777 & ~_umask())  # what mkdir would give; mkdtemp alone makes it private (0700)
             atomic_write_json(staging / "run.json", {"run_id": run_id, "recipe": recipe, "status": "created", "created": now(), "updated": now(), "error": None})
             atomic_write_json(staging / "manifest.json", {"checkpoints": []})
             for name, obj in (files or {}).items():
@@ -118,13 +154,17 @@ class RunStore:
 
     @classmethod
     def open(cls, name: str, root: Optional[Path] = None) -> "RunStore":
-        """A run by directory path, id, or unique id prefix; RunNotFound otherwise."""
+        """A run by directory path, id, or unique id prefix (a plain prefix, never a pattern); RunNotFound otherwise."""
         root = Path(root) if root is not None else runs_root()
-        candidates = [Path(name), root / name]
+        if not name:
+            raise RunNotFound("no run named '' (give a run id or a run directory)")
+        candidates = [Path(name)] + ([root / name] if SAFE_NAME.fullmatch(name) else [])
         for candidate in candidates:
             if (candidate / "run.json").is_file():
                 return cls(candidate)
-        matches = sorted(p for p in root.glob(f"{name}*") if (p / "run.json").is_file()) if root.is_dir() else []
+        matches = []
+        if SAFE_NAME.fullmatch(name) and root.is_dir():
+            matches = sorted(p for p in root.iterdir() if p.name.startswith(name) and (p / "run.json").is_file())
         if len(matches) == 1:
             return cls(matches[0])
         if len(matches) > 1:
@@ -135,10 +175,16 @@ class RunStore:
     def run_id(self) -> str:
         return self.info()["run_id"]
 
+    def remove_temporaries(self) -> None:
+        """Delete the temporary files a killed writer left (`.NAME.*.tmp`); only the run's owner may call this."""
+        for folder in (self.path, self.path / "checkpoints"):
+            for leftover in folder.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
+
     # ------------------------------------------------------------ small JSON files
 
     def info(self) -> dict:
-        return read_json(self.path / "run.json")
+        return read_document(self.path / "run.json", ("run_id", "recipe", "status", "created", "updated"))
 
     def set_status(self, status: str, error: Optional[str] = None, diverged: bool = False) -> dict:
         """`diverged`: the failure is a loss that became NaN or infinite (a result, not a fault)."""
@@ -154,19 +200,48 @@ class RunStore:
         return read_json(self.path / name)
 
     def config_dict(self) -> dict:
-        return self.read_json("config.json")
+        return read_document(self.path / "config.json")
+
+    def experiment_config(self):
+        """The run's ExperimentConfig, checked as a recipe is; DamagedRun naming config.json if it does not resolve."""
+        from caplab.config import resolve
+        from caplab.errors import ConfigError
+
+        data = self.config_dict()
+        try:
+            return resolve(str(data.get("recipe", self.path.name)), data)
+        except ConfigError as exc:
+            raise DamagedRun(f"{self.path / 'config.json'} does not describe a valid run: {exc}") from None
 
     def summary(self) -> dict:
         path = self.path / "summary.json"
-        return read_json(path) if path.is_file() else {}
+        return read_document(path) if path.is_file() else {}
 
     # ------------------------------------------------------------ metrics
 
     def metrics(self) -> list[dict]:
+        """Every evaluation record. A damaged last line (what a crash mid-write by another tool leaves) is
+        skipped with a warning; a damaged line before it is DamagedRun."""
         path = self.path / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError:
+            raise DamagedRun(f"{path} is not UTF-8 text") from None
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError("not a record with a step")
+            except ValueError:
+                if number == len(lines):
+                    warn(f"{path}: skipped its damaged last line {number} (a write cut short)")
+                    break
+                raise DamagedRun(f"{path} line {number} is not a metrics record") from None
+            records.append(record)
+        return records
 
     def log_metrics(self, record: dict) -> None:
         """Append one evaluation record (the file is rewritten atomically)."""
@@ -177,12 +252,16 @@ class RunStore:
         self._write_metrics([r for r in self.metrics() if r["step"] <= last_step])
 
     def _write_metrics(self, records: list[dict]) -> None:
-        atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
+        text = "".join(json.dumps(strict_record(r), allow_nan=False) + "\n" for r in records)
+        atomic_write_bytes(self.path / "metrics.jsonl", text.encode())
 
     # ------------------------------------------------------------ checkpoints
 
     def manifest(self) -> dict:
-        return self.read_json("manifest.json")
+        manifest = read_document(self.path / "manifest.json", ("checkpoints",))
+        if not isinstance(manifest["checkpoints"], list):
+            raise DamagedRun(f"{self.path / 'manifest.json'}: 'checkpoints' should be a list")
+        return manifest
 
     def save_checkpoint(self, step: int, tokens: int, model: dict, extra: dict, meta: dict, keep_states: int = 1) -> None:
         """Write weights and optimizer/RNG state, then record both in the manifest.
@@ -213,6 +292,7 @@ class RunStore:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=metadata)
+            os.chmod(tmp, 0o666 & ~_umask())  # what open() would give; mkstemp makes files private (0600)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -250,15 +330,28 @@ class RunStore:
     def load_weights(self, step: Optional[int] = None) -> tuple[dict[str, torch.Tensor], dict]:
         """Model tensors of a checkpoint (hash-checked) and its manifest entry."""
         entry = self.checkpoint_entry(step)
-        tensors, _ = self._verified_load(entry["file"], entry["sha256"])
+        tensors, metadata = self._verified_load(entry["file"], entry["sha256"])
+        self._check_step(entry["file"], metadata.get("step"), entry["step"])
         return tensors, entry
+
+    def _check_step(self, relative: str, stored, expected: int) -> None:
+        """A checkpoint relabelled as another step (manifest edited, hash updated) is refused."""
+        if str(stored) != str(expected):
+            raise CorruptCheckpoint(f"checkpoint file {self.path / relative} holds step {stored}, "
+                                    f"but the manifest says step {expected}")
 
     def load_training_state(self) -> tuple[dict, dict, dict]:
         """(model tensors, optimizer + RNG tensors, metadata) of the newest resumable checkpoint."""
         entry = self.checkpoint_entry(with_state=True)
-        model, _ = self._verified_load(entry["file"], entry["sha256"])
+        model, weights_meta = self._verified_load(entry["file"], entry["sha256"])
+        self._check_step(entry["file"], weights_meta.get("step"), entry["step"])
         extra, metadata = self._verified_load(entry["state_file"], entry["state_sha256"])
-        return model, extra, json.loads(metadata["meta"])
+        try:
+            meta = json.loads(metadata["meta"])
+        except (KeyError, ValueError):
+            raise CorruptCheckpoint(f"checkpoint file {self.path / entry['state_file']} has no training metadata") from None
+        self._check_step(entry["state_file"], meta.get("step"), entry["step"])
+        return model, extra, meta
 
 
 def open_folder(name: str, root: Optional[Path], kind: str, marker: str) -> Path:

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 from caplab.config import ExperimentConfig
 from caplab.errors import TrainingDiverged
 from caplab.experiment import complete_reserved_run
+from caplab.runs.owner import owning
 from caplab.runs.store import RunStore, atomic_write_json, runs_root
 
 
@@ -30,8 +31,9 @@ def new_folder(kind_folder: str, name: str, document_name: str, document: dict, 
 
 def run_and_report(path: Path, run: Callable[[Path], dict], summary_lines: Callable[[dict], list[str]], who: str) -> list[str]:
     """Run (or continue) the study at `path`; its summary lines and its path, for the CLI to print."""
-    print(f"caplab {who}: {path}", file=sys.stderr)
-    return summary_lines(run(path)) + [str(path)]
+    with owning(path, who):
+        print(f"caplab {who}: {path}", file=sys.stderr)
+        return summary_lines(run(path)) + [str(path)]
 
 
 def reserve(document_path: Path, document: dict, slot, key, recipe: str) -> str:

@@ -37,7 +37,7 @@ from torch import nn
 
 from caplab.errors import ConfigError, TrainingDiverged
 from caplab.models.gpt import GPT, GPTConfig
-from caplab.train.trainer import Trainer, schedule
+from caplab.train.trainer import Schedule, Trainer
 
 
 def check_ensemble(experiment) -> None:
@@ -240,8 +240,8 @@ class EnsembleTrainer:
     def fit(self) -> list[Optional[dict]]:
         """Train every member to `cfg.steps`; return each member's final metrics record (None: it dropped out)."""
         c = self.cfg
-        evals = set(schedule(c.steps, c.eval_every, c.log_spaced))
-        checkpoints = set(schedule(c.steps, c.checkpoint_every, c.log_spaced))
+        evals = Schedule(c.steps, c.eval_every, c.log_spaced)
+        checkpoints = Schedule(c.steps, c.checkpoint_every, c.log_spaced)
         resumed_at = self.step
         restored = self.members[0].restored
         self.model.train()

@@ -21,6 +21,8 @@ also replaces `flops_this_step`.
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -38,6 +40,9 @@ from caplab.train.flops import model_step_flops
 
 EVENTS = ("on_train_start", "on_backward_end", "on_optimizer_step_end", "on_step_end", "on_eval", "on_checkpoint",
           "on_train_end")
+
+
+DEVICE_NAME = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
 
 @dataclass
@@ -74,24 +79,56 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.lr <= 0:
-            raise ValueError("train.lr must be positive and train.warmup_steps non-negative")
+        if self.warmup_steps < 0:
+            raise ValueError(f"train.warmup_steps must be non-negative, got {self.warmup_steps}")
+        finite = {"lr": self.lr, "min_lr": self.min_lr, "weight_decay": self.weight_decay, "grad_clip": self.grad_clip,
+                  "beta1": self.beta1, "beta2": self.beta2, "spectral_rank_fraction": self.spectral_rank_fraction}
+        for name, value in finite.items():
+            if not math.isfinite(value):
+                raise ValueError(f"train.{name} must be a finite number, got {value}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be positive, got {self.lr}")
+        for name in ("min_lr", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("beta1", "beta2") + (("momentum",) if self.momentum is not None else ()):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.spectral_rank_fraction <= 1:
+            raise ValueError(f"train.spectral_rank_fraction must be in [0, 1], got {self.spectral_rank_fraction}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"train.seed must be in [0, 2^63), got {self.seed}")
+        if not DEVICE_NAME.fullmatch(self.device):
+            raise ValueError(f"bad value {self.device!r} for 'train.device'; valid: auto, cpu, cuda, cuda:N, mps")
         if self.ensemble < 1:
             raise ValueError(f"train.ensemble must be at least 1, got {self.ensemble}")
         if self.max_flops is not None and self.max_flops <= 0:
             raise ValueError(f"train.max_flops must be positive, got {self.max_flops}")
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Steps 0, 1, 2, 4, ... (below `every`), then multiples of `every`, and `total`.
+
+    Membership is computed, never listed, so a run of 10^12 steps costs no memory for its schedules.
+    """
+
+    total: int
+    every: int
+    log_spaced: bool = True
+
+    def __contains__(self, step: int) -> bool:
+        if step in (0, self.total):
+            return True
+        if not 0 < step < self.total:
+            return False
+        power_of_two = step & (step - 1) == 0
+        return step % self.every == 0 or (self.log_spaced and step < self.every and power_of_two)
+
+
 def schedule(total: int, every: int, log_spaced: bool = True) -> list[int]:
-    """Steps 0, 1, 2, 4, ... (below `every`), then multiples of `every`, and `total`."""
-    steps = {0, total}
-    if log_spaced:
-        p = 1
-        while p < min(every, total):
-            steps.add(p)
-            p *= 2
-    steps.update(range(every, total, every))
-    return sorted(steps)
+    """The steps of `Schedule(total, every, log_spaced)` as a list (for small totals: plots, tests)."""
+    return [step for step in range(total + 1) if step in Schedule(total, every, log_spaced)]
 
 
 class Store(Protocol):
@@ -103,8 +140,16 @@ class Store(Protocol):
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of `train.device`; ConfigError if this machine does not have it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        index = int(name.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+            raise ConfigError(f"train.device={name} is not on this machine ({have}); use auto or cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device=mps is not on this machine; use auto or cpu")
     return torch.device(name)
 
 
@@ -245,9 +290,15 @@ class Trainer:
         return record
 
     def _checkpoint(self) -> None:
+        """Save a checkpoint, only of a good state: finite weights, and finite losses where this step was evaluated."""
         for name, param in self.model.named_parameters():
             if not torch.isfinite(param).all():
                 raise TrainingDiverged(f"parameter {name} is not finite at step {self.step}; the last good checkpoint is kept")
+        if self.last_record.get("step") == self.step:
+            for key in ("eval_loss", "train_loss"):
+                value = self.last_record.get(key)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise TrainingDiverged(f"{key} is {value} at step {self.step}; the last good checkpoint is kept")
         if self.store is not None:
             model, extra, meta = self.state_tensors()
             self.store.save_checkpoint(self.step, self.step * self.units_per_step, model, extra, meta)
@@ -296,8 +347,8 @@ class Trainer:
         An early stop evaluates and checkpoints the step it stops at, so the run ends as a finished run does.
         """
         c = self.cfg
-        evals = set(schedule(c.steps, c.eval_every, c.log_spaced))
-        checkpoints = set(schedule(c.steps, c.checkpoint_every, c.log_spaced))
+        evals = Schedule(c.steps, c.eval_every, c.log_spaced)
+        checkpoints = Schedule(c.steps, c.checkpoint_every, c.log_spaced)
         resumed_at = self.step
         self.model.train()
         self._fire("on_train_start")

@@ -27,7 +27,7 @@ from caplab.models.registry import MODEL_KINDS, build_model, kinds_reading, mode
 from caplab.tasks import TASKS, Task, make_task
 from caplab.tasks.corpus import CORPUS_KEYS, CorpusConfig
 from caplab.train.plugins import LEGACY_TRAIN_KEYS, DiagnosticsConfig, MATConfig
-from caplab.train.trainer import TrainConfig
+from caplab.train.trainer import TrainConfig, resolve_device
 
 SECTIONS = ("task", "model", "train", "mat", "diagnostics")
 
@@ -324,7 +324,9 @@ def resolve_model(model_raw: dict, task: Task, task_name: str):
 def load_config(recipe: str, overrides: list[str] = ()) -> ExperimentConfig:
     """Load a recipe (name or path), apply overrides, validate and resolve."""
     name, data = load_recipe(recipe)
-    return resolve(name, apply_overrides(data, list(overrides)))
+    cfg = resolve(name, apply_overrides(data, list(overrides)))
+    resolve_device(cfg.train.device)  # a new run on a device this machine lacks fails here, before anything exists
+    return cfg
 
 
 def config_from_json(text: str) -> ExperimentConfig:

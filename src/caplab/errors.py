@@ -40,3 +40,9 @@ class RunInUse(CaplabError):
 
 class DamagedRun(CaplabError):
     """A run's own file (run.json, config.json, metrics.jsonl, ...) is missing or not what caplab wrote."""
+
+
+class UnsafePath(CaplabError):
+    """A write would leave the runs root (a symlinked run, sweep or study folder)."""
+
+    exit_code = 2

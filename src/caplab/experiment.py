@@ -70,21 +70,27 @@ class _StoreSink:
 
 
 def _prepare(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool):
-    """Task and trainer of a created run, restored from its checkpoint if asked; the run marked running."""
+    """Task and trainer of a created run, restored from its checkpoint if asked. Only reads: a damaged file
+    or a bad checkpoint stops here with the run's files and status as they were."""
     if restore:  # the checkpoint holds the weights: train.init_from's run is not needed any more
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=None))
     task, model, trainer = build(cfg, _StoreSink(store, catalog), store.path.parent)
     if restore:
         trainer.restore(*store.load_training_state())
-    # records past the starting step (from a run that died) are recomputed
-    keep_until = trainer.step if restore else -1
+    kept = [r for r in store.metrics() if r["step"] <= (trainer.step if restore else -1)]
+    if kept:
+        trainer.last_record = kept[-1]
+    return task, trainer
+
+
+def _start(store: RunStore, trainer: Trainer, catalog: Catalog) -> None:
+    """Forget records past the starting step (from a run that died: they are recomputed) and mark the run
+    running; inside `_marking_failures`, so a write refused here (a full disk) still ends as failed."""
+    keep_until = trainer.step if trainer.restored else -1
     store.truncate_metrics(keep_until)
     catalog.forget_metrics_after(store.run_id, keep_until)
-    if store.metrics():
-        trainer.last_record = store.metrics()[-1]
     store.set_status("running")
     catalog.upsert_run(store)
-    return task, trainer
 
 
 def _finish(store: RunStore, task, final: dict, catalog: Catalog) -> Path:
@@ -120,19 +126,22 @@ def _mark(stores: list[RunStore], catalog: Catalog, status: str, error: str, div
     """Record the status where the disk lets us; a full disk must not hide the error that stopped the run."""
     for store in stores:
         try:
+            if store.info()["status"] == "completed":  # an ensemble member finished before the failure
+                continue
             store.set_status(status, error, diverged=diverged)
             catalog.upsert_run(store)
-        except (OSError, sqlite3.Error):
+        except (OSError, sqlite3.Error, CaplabError):
             pass
 
 
 def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
     with owning(store.path):
         store.remove_temporaries()
-        task, trainer = _prepare(store, cfg, catalog, restore)
+        task, trainer = _prepare(store, cfg, catalog, restore)  # reads and checks; the status is not touched yet
         with _marking_failures([store], catalog):
+            _start(store, trainer, catalog)
             final = trainer.fit()
-        return _finish(store, task, final, catalog)
+            return _finish(store, task, final, catalog)
 
 
 def train_ensemble(stores: list[RunStore]) -> list[Path]:
@@ -150,14 +159,16 @@ def train_ensemble(stores: list[RunStore]) -> list[Path]:
                     for store in stores]
         ensemble = EnsembleTrainer([trainer for _, trainer in prepared])
         with _marking_failures(stores, catalog):
+            for store, (_, trainer) in zip(stores, prepared):
+                _start(store, trainer, catalog)
             finals = ensemble.fit()
-        paths = []
-        for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
-            if index in ensemble.failed:
-                store.set_status("failed", ensemble.failed[index], diverged=True)  # members only ever drop out diverged
-                catalog.upsert_run(store)
-            else:
-                paths.append(_finish(store, task, final, catalog))
+            paths = []
+            for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
+                if index in ensemble.failed:
+                    store.set_status("failed", ensemble.failed[index], diverged=True)  # members only ever drop out diverged
+                    catalog.upsert_run(store)
+                else:
+                    paths.append(_finish(store, task, final, catalog))
     if ensemble.failed:  # the others are complete; the caller learns which diverged
         raise TrainingDiverged("; ".join(f"run {stores[i].run_id}: {message}" for i, message in sorted(ensemble.failed.items())),
                                runs=[stores[i].run_id for i in sorted(ensemble.failed)])

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from caplab.errors import RunInUse
+from caplab.errors import RunInUse, UnsafePath
 
 OWNER_FILE = ".owner"
 
@@ -37,11 +37,15 @@ def _holder(path: Path) -> str:
 
 @contextlib.contextmanager
 def owning(path: Path, what: str = "run") -> Iterator[None]:
-    """Own the folder `path` while the block runs; RunInUse (one line, exit 2) if a live process owns it.
+    """Own the folder `path` while the block runs; RunInUse (one line, exit 2) if a live process owns it,
+    UnsafePath if the folder (or its checkpoints/figures folder) is a symbolic link.
 
     Not re-entrant across open files: a process that already owns `path` must not ask again.
     """
     path = Path(path)
+    for folder in (path, path / "checkpoints", path / "figures"):
+        if folder.is_symlink():  # writing through it could land anywhere on the machine
+            raise UnsafePath(f"{folder} is a symbolic link; caplab writes only inside the runs root")
     fd = os.open(path / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if not _try_lock(fd):

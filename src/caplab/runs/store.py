@@ -104,11 +104,20 @@ def read_document(path: Path, keys: tuple[str, ...] = ()) -> dict:
 
 
 def strict_record(record: dict) -> dict:
-    """`record` with non-finite floats as null, their keys listed under "nonfinite" (metrics.jsonl is strict JSON)."""
-    bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+    """`record` as strict JSON: each non-finite float is null, and "nonfinite" maps its key to "nan", "inf" or
+    "-inf" (so other tools read the file, and `loose_record` gives caplab the float back)."""
+    bad = {k: str(v) for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)}
     if not bad:
         return record
     return {**{k: (None if k in bad else v) for k, v in record.items()}, "nonfinite": bad}
+
+
+def loose_record(record: dict) -> dict:
+    """The inverse of `strict_record`."""
+    bad = record.get("nonfinite")
+    if not isinstance(bad, dict):
+        return record
+    return {k: (float(bad[k]) if k in bad else v) for k, v in record.items() if k != "nonfinite"}
 
 
 def warn(message: str) -> None:
@@ -240,7 +249,7 @@ class RunStore:
                     warn(f"{path}: skipped its damaged last line {number} (a write cut short)")
                     break
                 raise DamagedRun(f"{path} line {number} is not a metrics record") from None
-            records.append(record)
+            records.append(loose_record(record))
         return records
 
     def log_metrics(self, record: dict) -> None:

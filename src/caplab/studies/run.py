@@ -9,7 +9,7 @@ from typing import Optional
 from caplab.config import load_config
 from caplab.errors import CaplabError
 from caplab.experiment import resume_run, run_ensemble, run_experiment
-from caplab.runs.store import RunStore, read_json
+from caplab.runs.store import RunStore
 
 
 def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> list[str]:
@@ -25,7 +25,7 @@ def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> l
 def resume(path: Path) -> list[str]:
     """Continue a training run from its newest checkpoint (hash-checked; a completed run is left as it is)."""
     store = RunStore(path)
-    if read_json(path / "config.json").get("kind") == "percolation":
+    if store.config_dict().get("kind") == "percolation":
         if store.info()["status"] == "completed":
             return [str(path)]
         raise CaplabError(f"{path.name} is a percolation simulation that did not finish; it has nothing to continue "

@@ -127,12 +127,30 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
         check_ensemble(configs[0])
     if metric is None:
         sweep["metric"] = configs[0].make_task().primary_metric
+    else:
+        check_metric_logged(configs[0], metric)
     return new_folder("sweeps", Path(recipe).stem, "sweep.json", sweep, root)
+
+
+def check_metric_logged(cfg, metric: str) -> None:
+    """ConfigError unless runs of `cfg` log `metric`: read from one evaluation of the untrained model, so a
+    misspelt name fails before any training."""
+    from caplab.experiment import build
+
+    task, _, trainer = build(cfg)
+    logged = {"step", task.unit, "lr", "flops", "train_loss", "elapsed_s", "eval_s", *trainer.evaluate()}
+    for plugin in trainer.plugins.values():
+        logged.update(plugin.record())
+    if hasattr(task, "data_metrics"):
+        logged.update(task.data_metrics())
+    if metric not in logged:
+        raise ConfigError(f"bad value {metric!r} for the sweep metric; runs of this recipe log: {', '.join(sorted(logged))}")
 
 
 def set_sweep_metric(path: Path, metric: str) -> None:
     """Track another capability in the sweep's aggregate (runs are not retrained)."""
     sweep = read_json(Path(path) / "sweep.json")
+    check_metric_logged(load_config(sweep["recipe"], _entry_overrides(sweep, sweep["runs"][0])), metric)
     sweep["metric"] = metric
     atomic_write_json(Path(path) / "sweep.json", sweep)
 

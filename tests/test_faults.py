@@ -21,7 +21,7 @@ import torch
 
 from caplab import RunStore, load_config, run_experiment
 from caplab.runs.catalog import Catalog
-from caplab.runs.owner import owning
+from caplab.runs.owner import is_owned, owning
 from caplab.train.trainer import Schedule
 from helpers import TINY, caplab, without_timing
 
@@ -112,17 +112,18 @@ def test_a_run_owned_by_a_live_process_is_refused_and_a_dead_owner_reads_as_inte
 
 
 def test_two_resumes_at_once_never_duplicate_steps(tmp_path):
-    run_dir = _kill_partway(tmp_path, LONG, at_step=20)
+    run_dir = _kill_partway(tmp_path, LONG + ["train.steps=2000"], at_step=20)
     cmd = [sys.executable, "-m", "caplab.cli", "resume", run_dir.name, "--root", str(tmp_path)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.returncode, p.communicate(timeout=300)[1]) for p in procs]
-    results = [(p.returncode, err) for p, (_, err) in zip(procs, results)]
-    assert sorted(code for code, _ in results) in ([0, 0], [0, 2]), results
-    for code, err in results:
-        if code == 2:
-            assert "in use by pid" in err
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not is_owned(run_dir) and time.time() < deadline:  # the first resume is training now
+        time.sleep(0.01)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2 and f"in use by pid {first.pid}" in second.stderr, second.stderr
+    first.send_signal(signal.SIGKILL)  # and a resume after that is not refused
+    first.communicate(timeout=60)
     steps = [r["step"] for r in RunStore(run_dir).metrics()]
-    assert steps == sorted(set(steps)) and steps[-1] == 200
+    assert steps == sorted(set(steps))
 
 
 def test_a_sweep_owned_by_a_live_process_is_refused(tmp_path):
@@ -167,13 +168,15 @@ def test_rebuild_skips_a_damaged_run_and_keeps_every_valid_row(copy, finished, t
     assert [r["run_id"] for r in Catalog(root).runs()] == [copy.path.name]
 
 
-def test_a_bad_summary_never_flips_a_completed_run(copy):
+def test_a_bad_summary_never_flips_a_completed_run_nor_loses_its_row(copy):
     (copy.path / "summary.json").write_text("not json")
     result = caplab("resume", copy.path.name, root=copy.path.parent)
     assert result.returncode == 0  # a completed run has nothing to continue
     assert copy.info()["status"] == "completed"
     rebuilt = caplab("runs", "--rebuild", root=copy.path.parent)
-    assert "summary.json is not valid JSON" in rebuilt.stderr
+    assert "summary.json is not valid JSON" in rebuilt.stderr and "without its summary" in rebuilt.stderr
+    assert copy.path.name in rebuilt.stdout and "completed" in rebuilt.stdout
+    assert len(Catalog(copy.path.parent).metric_rows([copy.path.name])) > 0
 
 
 @pytest.mark.parametrize("name,content,message,commands", [
@@ -194,14 +197,16 @@ def test_damaged_run_files_are_one_line_naming_the_file(copy, name, content, mes
         path.unlink()
     else:
         path.write_text(content)
-    before = {p: p.read_bytes() for p in copy.path.rglob("*") if p.is_file() and not p.name.startswith(".")}
+    def saved():  # the run's records; the report (figures, report.html) is derived and may be redrawn
+        return {p: p.read_bytes() for p in copy.path.rglob("*")
+                if p.is_file() and not p.name.startswith(".") and p.name != "report.html" and "figures" not in p.parts}
+    before = saved()
     for command in commands:
         result = caplab(command, copy.path.name, root=root)
         assert result.returncode != 0, command
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("caplab: error:") and message in last and "Traceback" not in result.stderr, (command, result.stderr)
-    after = {p: p.read_bytes() for p in copy.path.rglob("*") if p.is_file() and not p.name.startswith(".")}
-    assert after == before  # nothing saved was touched
+    assert saved() == before  # nothing saved was touched
 
 
 def test_show_still_shows_what_it_can(copy):
@@ -209,6 +214,14 @@ def test_show_still_shows_what_it_can(copy):
     shown = caplab("show", copy.path.name, root=copy.path.parent)
     assert shown.returncode == 1 and "final metrics" in shown.stdout and "checkpoints:" in shown.stdout
     assert "config.json is not valid JSON" in shown.stderr
+
+
+def test_report_writes_what_it_can_and_names_the_damage(copy):
+    (copy.path / "report.html").unlink()
+    (copy.path / "config.json").write_text("{")
+    result = caplab("report", copy.path.name, root=copy.path.parent)
+    assert result.returncode == 1 and "config.json is not valid JSON" in result.stderr.strip().splitlines()[-1]
+    assert "Final metrics" in (copy.path / "report.html").read_text()  # the curves are still drawn
 
 
 def test_a_half_written_last_metrics_line_is_skipped_with_a_warning(copy):
@@ -269,6 +282,7 @@ def test_a_read_only_archive_can_be_read_and_refuses_writes_in_one_line(finished
     archive = tmp_path / "archive"
     root = archive / "runs"
     shutil.copytree(finished.path, root / finished.path.name)
+    Catalog(root).upsert_run(RunStore(root / finished.path.name))  # an archive keeps its catalog too
     for path in [archive, *archive.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     base = [sys.executable, "-m", "caplab.cli"]
@@ -280,7 +294,7 @@ def test_a_read_only_archive_can_be_read_and_refuses_writes_in_one_line(finished
         made = _as_reader(base + ["run", "demo", *_sets(TINY), "--root", str(root)])
         assert made.returncode == 1 and made.stderr.strip().splitlines()[-1].startswith("caplab: error:")
         assert "Traceback" not in made.stderr, made.stderr
-        assert sorted(p.name for p in root.iterdir()) == [finished.path.name]
+        assert sorted(p.name for p in root.iterdir() if not p.name.startswith("catalog.sqlite")) == [finished.path.name]
     finally:
         for path in [archive, *archive.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -296,6 +310,7 @@ def test_a_read_only_archive_can_be_read_and_refuses_writes_in_one_line(finished
     ("train.lr=nan", "train.lr must be a finite number"),
     ("train.beta1=5", "train.beta1 must be in [0, 1)"),
     ("train.seed=9223372036854775808", "train.seed must be in [0, 2^63)"),
+    ("task.seed=99999999999999999999", "task.seed must be in [0, 2^63)"),
     ("train.weight_decay=-1", "train.weight_decay must be non-negative"),
     ("train.grad_clip=nan", "train.grad_clip must be a finite number"),
     ("task=5", "set a key inside the section"),
@@ -335,6 +350,13 @@ def test_a_sweep_metric_that_no_run_logs_fails_before_training(tmp_path):
                     root=tmp_path)
     assert "bad value 'bogus' for the sweep metric" in _one_line(result, 2)
     assert not (tmp_path / "sweeps").exists() and not list(tmp_path.glob("demo-*"))
+    made = caplab("sweep", "demo", "--grid", "task.n_train_compositions=8", *_sets(TINY + ["train.steps=2"]), root=tmp_path)
+    assert made.returncode == 0, made.stderr
+    (folder,) = (tmp_path / "sweeps").iterdir()
+    document = (folder / "sweep.json").read_text()
+    again = caplab("sweep", "--resume", folder.name, "--metric", "bogus", root=tmp_path)
+    assert "bad value 'bogus' for the sweep metric" in _one_line(again, 2)
+    assert (folder / "sweep.json").read_text() == document
 
 
 # ---------------------------------------------------------------- 10-13. paths, permissions, checkpoints, signals

@@ -83,7 +83,7 @@ def cmd_runs(args) -> None:
 def cmd_show(args) -> None:
     """Everything of the run that can be read; a damaged part is named on stderr and the exit is non-zero."""
     from caplab.runs.owner import live_status
-    from caplab.runs.store import RunStore
+    from caplab.runs.store import RunStore, read_document
 
     store = RunStore.open(args.run, _root(args))
     damaged: list[str] = []
@@ -104,7 +104,7 @@ def cmd_show(args) -> None:
     if config is not None:
         print("config")
         print(json.dumps(config, indent=2))
-    facts = part(lambda: store.read_json("task.json") if (store.path / "task.json").is_file() else {}, {})
+    facts = part(lambda: read_document(store.path / "task.json") if (store.path / "task.json").is_file() else {}, {})
     if "reachable_adjective_oracle" in facts:  # the concept world: can the order parameter be passed without the subject?
         graph = facts["class_graph"]
         print(f"world    class graphs: density {min(graph['density']):.3g}-{max(graph['density']):.3g} "

@@ -250,6 +250,10 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
         raise ConfigError(f"bad value {task_name!r} for 'task.name'; valid: {', '.join(TASKS)}")
     corpus_cfg = build_dataclass(CorpusConfig, {k: task_raw.pop(k) for k in CORPUS_KEYS if k in task_raw}, "task")
     task_cfg = build_dataclass(TASKS[task_name].Config, task_raw, "task")
+    for config in (task_cfg, corpus_cfg):  # seeds feed torch.Generator.manual_seed, which takes 64-bit values
+        for key, value in dataclasses.asdict(config).items():
+            if key.endswith("seed") and isinstance(value, int) and not 0 <= value < 2**63:
+                raise ConfigError(f"task.{key} must be in [0, 2^63), got {value}")
     try:
         task = TASKS[task_name](task_cfg)
     except ValueError as exc:

@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from caplab.config import ExperimentConfig
 from caplab.errors import CaplabError, ConfigError, TrainingDiverged
 from caplab.models.gpt import GPT
+from caplab.names import check_name
 from caplab.runs.catalog import Catalog
 from caplab.runs.owner import owning
 from caplab.runs.report import write_report
@@ -136,6 +137,8 @@ def _mark(stores: list[RunStore], catalog: Catalog, status: str, error: str, div
 
 def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
     with owning(store.path):
+        if restore and store.info()["status"] == "completed":  # finished by another process meanwhile
+            return store.path
         store.remove_temporaries()
         task, trainer = _prepare(store, cfg, catalog, restore)  # reads and checks; the status is not touched yet
         with _marking_failures([store], catalog):
@@ -257,7 +260,7 @@ def complete_reserved_run(cfg: ExperimentConfig, runs_dir: Path, run_id: str, an
     `fill`, made again); a completed run is left alone. `announce("starting")` or
     `announce("resuming")` says which.
     """
-    run_dir = Path(runs_dir) / run_id
+    run_dir = Path(runs_dir) / check_name(run_id, "run id")
     if (run_dir / "run.json").is_file():
         if RunStore(run_dir).info()["status"] == "completed":
             return

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from caplab.errors import CaplabError
+from caplab.errors import CaplabError, DamagedRun
 from caplab.runs.owner import live_status
 from caplab.runs.store import RunStore, runs_root
 from caplab.tasks.base import DATA_UNITS
@@ -94,20 +94,32 @@ class Catalog:
     # ------------------------------------------------------------ writing
 
     @staticmethod
-    def _run_row(store: RunStore) -> tuple:
+    def _run_row(store: RunStore, notes: Optional[list[str]] = None) -> tuple:
+        """The run's catalog row. With `notes`, a damaged summary.json (the run's own files are fine) is
+        catalogued as {} and noted, so the run keeps its row."""
         info = store.info()
         config = store.config_dict() if (store.path / "config.json").is_file() else {}
+        try:
+            summary = store.summary()
+        except CaplabError as exc:
+            if notes is None:
+                raise
+            notes.append(f"{store.path.name}: {exc} (catalogued without its summary)")
+            summary = {}
         return (info["run_id"], info["recipe"], info["status"], info["created"], info["updated"],
-                str(store.path.resolve()), json.dumps(config), json.dumps(store.summary()), info.get("error"))
+                str(store.path.resolve()), json.dumps(config), json.dumps(summary), info.get("error"))
 
     @staticmethod
     def _metric_rows(run_id: str, records: Iterable[dict]) -> list[tuple]:
-        return [
-            (run_id, int(r["step"]), int(next((r[u] for u in DATA_UNITS if u in r), 0)), name, float(value))
-            for r in records
-            for name, value in r.items()
-            if name not in ("step", *DATA_UNITS) and isinstance(value, (int, float)) and not isinstance(value, bool)
-        ]
+        try:
+            return [
+                (run_id, int(r["step"]), int(next((r[u] for u in DATA_UNITS if u in r), 0)), name, float(value))
+                for r in records
+                for name, value in r.items()
+                if name not in ("step", *DATA_UNITS) and isinstance(value, (int, float)) and not isinstance(value, bool)
+            ]
+        except (TypeError, ValueError) as exc:
+            raise DamagedRun(f"run {run_id}: a metrics record has a value that is not a number ({exc})") from None
 
     def upsert_run(self, store: RunStore) -> None:
         row = self._run_row(store)
@@ -128,20 +140,24 @@ class Catalog:
             db.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step))
 
     def rebuild(self) -> tuple[int, list[str]]:
-        """Recreate the catalog from the run directories in one transaction: (runs catalogued, damaged runs
-        skipped, each "name: what is wrong"). A failure part-way leaves the old catalog whole."""
+        """Recreate the catalog from the run directories in one transaction: (runs catalogued, what was damaged,
+        each "name: what is wrong"). A run whose run.json, config.json or metrics cannot be read is skipped; one
+        whose summary.json alone is damaged keeps its row without the summary. A failure part-way leaves the
+        old catalog whole."""
         rows, metrics, damaged = [], [], []
         for run_json in sorted(self.root.glob("*/run.json")):
             if run_json.parent.name.startswith("."):
                 continue  # a run directory still being assembled (or left by a crash)
             store = RunStore(run_json.parent)
             try:
-                row = self._run_row(store)
+                notes: list[str] = []
+                row = self._run_row(store, notes)
                 metrics.extend(self._metric_rows(row[0], store.metrics()))
             except CaplabError as exc:
                 damaged.append(f"{run_json.parent.name}: {exc}")
                 continue
             rows.append(row)
+            damaged += notes
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM metrics")

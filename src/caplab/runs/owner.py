@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -46,9 +47,10 @@ def owning(path: Path, what: str = "run") -> Iterator[None]:
     for folder in (path, path / "checkpoints", path / "figures"):
         if folder.is_symlink():  # writing through it could land anywhere on the machine
             raise UnsafePath(f"{folder} is a symbolic link; caplab writes only inside the runs root")
-    fd = os.open(path / OWNER_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(path / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
-        if not _try_lock(fd):
+        # a reader's probe (`is_owned`) holds the lock for microseconds: retry briefly before calling it in use
+        if not any(_try_lock(fd) or time.sleep(0.05) for _ in range(20)):
             raise RunInUse(f"{what} {path.name} is in use by pid {_holder(path)}; wait for it or stop that process")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -60,7 +62,7 @@ def owning(path: Path, what: str = "run") -> Iterator[None]:
 def is_owned(path: Path) -> bool:
     """Whether a live process owns the folder `path` now (False for a folder never owned, or read-only)."""
     try:
-        fd = os.open(Path(path) / OWNER_FILE, os.O_RDONLY)
+        fd = os.open(Path(path) / OWNER_FILE, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
     try:

@@ -34,6 +34,12 @@ def step_axes(title: str, ylabel: str):
     return fig, ax
 
 
+def legend(ax, **kwargs) -> None:
+    """A legend where there is something to label (a run with no records draws nothing)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def save(fig: Figure, path: Path) -> Path:
     """Lay out and write `fig` as a PNG at `path` (atomically)."""
     buffer = io.BytesIO()

@@ -10,11 +10,39 @@ from pathlib import Path
 
 import numpy as np
 
+from caplab.errors import DamagedRun
 from caplab.runs import html, plots
 from caplab.runs.store import RunStore
 from caplab.tasks.base import DATA_UNITS
 
 NOT_CAPABILITIES = {"step", *DATA_UNITS, "flops", "lr", "elapsed_s", "eval_s", "train_loss", "eval_loss"}
+
+
+class _Readable:
+    """What a report can read of a run: each damaged file is noted in `damaged` and read as empty."""
+
+    def __init__(self, store: RunStore, damaged: list[str]) -> None:
+        self.path = store.path
+
+        def read(part, default):
+            try:
+                return part()
+            except DamagedRun as exc:
+                damaged.append(str(exc))
+                return default
+
+        self._info = read(store.info, {"run_id": store.path.name, "recipe": "?", "status": "?"})
+        self._metrics = read(store.metrics, [])
+        self._config = read(store.config_dict, {})
+
+    def info(self) -> dict:
+        return self._info
+
+    def metrics(self) -> list[dict]:
+        return self._metrics
+
+    def config_dict(self) -> dict:
+        return self._config
 
 
 def _label(store: RunStore) -> str:
@@ -37,7 +65,7 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
             if x:
                 ax.plot(x, y, style, color=f"C{i}", marker=".", label=f"{label} {key}")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    plots.legend(ax, fontsize=7)
     paths.append(figures / "loss.png")
     plots.save(fig, paths[-1])
 
@@ -51,7 +79,7 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
             ax.plot(x, y, marker=".", label=label)
         if is_fraction:
             ax.set_ylim(-0.03, 1.03)
-        ax.legend(fontsize=7)
+        plots.legend(ax, fontsize=7)
         paths.append(figures / f"{plots.slug(key)}.png")
         plots.save(fig, paths[-1])
 
@@ -70,7 +98,7 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
                 x, y = plots.series(records, key)
                 ax.plot(x, y, style, color=color, marker=".", label=f"{label} {key.split('_')[0]}")
         ax.set_ylim(-0.03, 1.03)
-        ax.legend(fontsize=7)
+        plots.legend(ax, fontsize=7)
         paths.append(figures / "seen_vs_unseen.png")
         plots.save(fig, paths[-1])
     return paths
@@ -97,7 +125,7 @@ def phase_figure(records: list[dict], metrics: tuple[str, ...], path: Path) -> l
         if np.isfinite(point):
             ax.axvline(point, color=f"C{i}", ls="--", lw=0.8)
     ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=7, loc="upper left")
+    plots.legend(ax, fontsize=7, loc="upper left")
     plots.save(fig, path)
     return order
 
@@ -136,14 +164,26 @@ def seed_phase_figure(runs: list[list[dict]], metrics: tuple[str, ...], path: Pa
         if emerged:
             ax.axvline(medians[key], color=f"C{i}", ls="--", lw=0.8)
     ax.set_ylim(-0.03, 1.03)
-    ax.legend(fontsize=7, loc="upper left")
+    plots.legend(ax, fontsize=7, loc="upper left")
     plots.save(fig, path)
     return points
 
 
 def write_report(stores: list[RunStore], out_dir: Path) -> Path:
-    """Figures plus `out_dir/report.html` embedding them with configs and final numbers."""
+    """Figures plus `out_dir/report.html` embedding them with configs and final numbers.
+
+    A damaged run file leaves its part out; the page is written, then DamagedRun names every damaged file.
+    """
     out_dir = Path(out_dir)
+    damaged: list[str] = []
+    stores = [_Readable(store, damaged) for store in stores]
+    page = _write_report(stores, out_dir)
+    if damaged:
+        raise DamagedRun(f"report written to {page} without what could not be read: {'; '.join(damaged)}")
+    return page
+
+
+def _write_report(stores: list[_Readable], out_dir: Path) -> Path:
     paths = make_figures(stores, out_dir)
     body = [f"<h1>caplab report: {html.escape(', '.join(s.path.name for s in stores))}</h1>",
             "<h2>Final metrics</h2><table><tr><th>run</th><th>status</th><th>metric</th><th>value</th></tr>"]

@@ -268,8 +268,9 @@ class RunStore:
 
     def manifest(self) -> dict:
         manifest = read_document(self.path / "manifest.json", ("checkpoints",))
-        if not isinstance(manifest["checkpoints"], list):
-            raise DamagedRun(f"{self.path / 'manifest.json'}: 'checkpoints' should be a list")
+        entries = manifest["checkpoints"]
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in entries):
+            raise DamagedRun(f"{self.path / 'manifest.json'}: 'checkpoints' should be a list of entries with a step")
         return manifest
 
     def save_checkpoint(self, step: int, tokens: int, model: dict, extra: dict, meta: dict, keep_states: int = 1) -> None:

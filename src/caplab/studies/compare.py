@@ -167,14 +167,13 @@ def _mean_active(records: list[dict], key: str = "mat_active_fraction") -> float
 
 def _mat_state(store: RunStore, match: str) -> tuple[list[str], dict]:
     """(every module of the run's model, its MAT state at the last checkpoint)."""
-    from caplab.config import config_from_json
     from caplab.models.gpt import GPT
     from caplab.train.mat import mat_modules
 
     _, _, meta = store.load_training_state()
     if "mat" not in meta:
         raise ConfigError(f"{match} names a variant that did not run MAT (run {store.run_id} has no MAT state)")
-    return list(mat_modules(GPT(config_from_json((store.path / "config.json").read_text()).model))), meta["mat"]
+    return list(mat_modules(GPT(store.experiment_config().model))), meta["mat"]
 
 
 def _frozen_most(store: RunStore) -> list[str]:

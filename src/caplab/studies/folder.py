@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from caplab.config import ExperimentConfig
-from caplab.errors import TrainingDiverged
+from caplab.errors import TrainingDiverged, UnsafePath
 from caplab.experiment import complete_reserved_run
 from caplab.names import check_name
 from caplab.runs.owner import owning
@@ -24,6 +24,8 @@ from caplab.runs.store import RunStore, atomic_write_json, runs_root
 def new_folder(kind_folder: str, name: str, document_name: str, document: dict, root: Optional[Path] = None) -> Path:
     """Create `<root>/<kind_folder>/<new id>/` holding `document` as `document_name`; return the folder."""
     root = Path(root) if root is not None else runs_root()
+    if (root / kind_folder).is_symlink():
+        raise UnsafePath(f"{root / kind_folder} is a symbolic link; caplab writes only inside the runs root")
     path = root / kind_folder / RunStore.new_run_id(check_name(name, "recipe name"))
     path.mkdir(parents=True)
     atomic_write_json(path / document_name, document)

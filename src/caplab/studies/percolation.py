@@ -28,6 +28,7 @@ from caplab.config import build_dataclass, load_recipe, parse_value, recipe_kind
 from caplab.errors import ConfigError
 from caplab.runs import html, plots
 from caplab.runs.catalog import Catalog
+from caplab.runs.owner import owning
 from caplab.runs.store import RunStore
 
 PREDICTED_EXPONENT = 0.5
@@ -123,13 +124,14 @@ def run_percolation_study(cfg: PercolationStudyConfig, recipe: str = "percolatio
     config = {"recipe": recipe, "kind": "percolation", "description": description, "percolation": dataclasses.asdict(cfg)}
     store = RunStore.create(recipe, root, files={"config.json": config})
     catalog = Catalog(store.path.parent)
-    store.set_status("running")
-    catalog.upsert_run(store)
-    summary, curves = simulate(cfg)
-    store.write_json("summary.json", summary)
-    write_percolation_report(store.path, cfg, summary, curves)
-    store.set_status("completed")
-    catalog.upsert_run(store)
+    with owning(store.path):  # "running" is true only while this process lives
+        store.set_status("running")
+        catalog.upsert_run(store)
+        summary, curves = simulate(cfg)
+        store.write_json("summary.json", summary)
+        write_percolation_report(store.path, cfg, summary, curves)
+        store.set_status("completed")
+        catalog.upsert_run(store)
     return store.path
 
 

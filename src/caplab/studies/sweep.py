@@ -28,6 +28,7 @@ from caplab.analysis.emergence import bootstrap, peak_read, sigmoid_midpoint, th
 from caplab.analysis.censored import censored_power_law
 from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError, TrainingDiverged
+from caplab.runs.owner import owning
 from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json
 from caplab.studies.folder import complete, new_folder, reserve, run_and_report
 
@@ -128,16 +129,16 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     if metric is None:
         sweep["metric"] = configs[0].make_task().primary_metric
     else:
-        check_metric_logged(configs[0], metric)
+        check_metric_logged(configs[0], metric, root)
     return new_folder("sweeps", Path(recipe).stem, "sweep.json", sweep, root)
 
 
-def check_metric_logged(cfg, metric: str) -> None:
+def check_metric_logged(cfg, metric: str, root: Optional[Path] = None) -> None:
     """ConfigError unless runs of `cfg` log `metric`: read from one evaluation of the untrained model, so a
     misspelt name fails before any training."""
     from caplab.experiment import build
 
-    task, _, trainer = build(cfg)
+    task, _, trainer = build(cfg, root=root)
     logged = {"step", task.unit, "lr", "flops", "train_loss", "elapsed_s", "eval_s", *trainer.evaluate()}
     for plugin in trainer.plugins.values():
         logged.update(plugin.record())
@@ -149,10 +150,13 @@ def check_metric_logged(cfg, metric: str) -> None:
 
 def set_sweep_metric(path: Path, metric: str) -> None:
     """Track another capability in the sweep's aggregate (runs are not retrained)."""
-    sweep = read_json(Path(path) / "sweep.json")
-    check_metric_logged(load_config(sweep["recipe"], _entry_overrides(sweep, sweep["runs"][0])), metric)
-    sweep["metric"] = metric
-    atomic_write_json(Path(path) / "sweep.json", sweep)
+    path = Path(path)
+    with owning(path, "sweep"):
+        sweep = read_json(path / "sweep.json")
+        cfg = load_config(sweep["recipe"], _entry_overrides(sweep, sweep["runs"][0]))
+        check_metric_logged(cfg, metric, path.parent.parent)
+        sweep["metric"] = metric
+        atomic_write_json(path / "sweep.json", sweep)
 
 
 def open_sweep(name: str, root: Optional[Path] = None) -> Path:

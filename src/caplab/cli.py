@@ -83,17 +83,11 @@ def cmd_runs(args) -> None:
 def cmd_show(args) -> None:
     """Everything of the run that can be read; a damaged part is named on stderr and the exit is non-zero."""
     from caplab.runs.owner import live_status
-    from caplab.runs.store import RunStore, read_document
+    from caplab.runs.store import RunStore, read_document, read_or_note
 
     store = RunStore.open(args.run, _root(args))
     damaged: list[str] = []
-
-    def part(read, default):
-        try:
-            return read()
-        except DamagedRun as exc:
-            damaged.append(str(exc))
-            return default
+    part = lambda read, default: read_or_note(read, default, damaged)  # noqa: E731
 
     info = part(store.info, {})
     print(f"run      {info.get('run_id', store.path.name)}\npath     {store.path}\nrecipe   {info.get('recipe', '?')}\n"

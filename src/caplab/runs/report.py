@@ -12,7 +12,7 @@ import numpy as np
 
 from caplab.errors import DamagedRun
 from caplab.runs import html, plots
-from caplab.runs.store import RunStore
+from caplab.runs.store import RunStore, read_or_note
 from caplab.tasks.base import DATA_UNITS
 
 NOT_CAPABILITIES = {"step", *DATA_UNITS, "flops", "lr", "elapsed_s", "eval_s", "train_loss", "eval_loss"}
@@ -23,17 +23,9 @@ class _Readable:
 
     def __init__(self, store: RunStore, damaged: list[str]) -> None:
         self.path = store.path
-
-        def read(part, default):
-            try:
-                return part()
-            except DamagedRun as exc:
-                damaged.append(str(exc))
-                return default
-
-        self._info = read(store.info, {"run_id": store.path.name, "recipe": "?", "status": "?"})
-        self._metrics = read(store.metrics, [])
-        self._config = read(store.config_dict, {})
+        self._info = read_or_note(store.info, {"run_id": store.path.name, "recipe": "?", "status": "?"}, damaged)
+        self._metrics = read_or_note(store.metrics, [], damaged)
+        self._config = read_or_note(store.config_dict, {}, damaged)
 
     def info(self) -> dict:
         return self._info

@@ -120,6 +120,16 @@ def loose_record(record: dict) -> dict:
     return {k: (float(bad[k]) if k in bad else v) for k, v in record.items() if k != "nonfinite"}
 
 
+def read_or_note(read, default, damaged: list[str]):
+    """`read()`, or `default` with the DamagedRun's message appended to `damaged` (for commands that show
+    what they can of a damaged run)."""
+    try:
+        return read()
+    except DamagedRun as exc:
+        damaged.append(str(exc))
+        return default
+
+
 def warn(message: str) -> None:
     print(f"caplab: warning: {message}", file=sys.stderr)
 

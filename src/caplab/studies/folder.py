@@ -9,6 +9,7 @@ on disk, so running a study again (`caplab resume`) continues it exactly.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -43,7 +44,11 @@ def reserve(document_path: Path, document: dict, slot, key, recipe: str) -> str:
     """The run id at `slot[key]` (a dict entry or list item of `document`), reserving a new one for `recipe` and
     saving `document` first if there is none yet."""
     if slot[key] is None:
-        slot[key] = RunStore.new_run_id(recipe)
+        taken = json.dumps(document)
+        run_id = RunStore.new_run_id(recipe)
+        while f'"{run_id}"' in taken or (document_path.parent.parent.parent / run_id).exists():
+            run_id = RunStore.new_run_id(recipe)  # ids reserved within one second may meet (4 hex digits)
+        slot[key] = run_id
         atomic_write_json(document_path, document)
     return slot[key]
 

@@ -126,6 +126,38 @@ def test_spectra_without_a_spike_steps_along_the_rescaled_momentum():
     assert "basis" not in trainer.optimizer.state[param]
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_steps_on_the_look_ahead_or_on_the_momentum_itself(nesterov):
+    """Two steps by hand: M1 = g1, M2 = mu g1 + g2; the second update is NS(g2 + mu M2) with Nesterov, NS(M2) without."""
+    from caplab.train.spectral import SpectralOptimizer
+
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(16, 24))
+    opt = SpectralOptimizer([{"params": [param], "spectral": True}], "muon", lr=0.01, momentum=0.9, nesterov=nesterov)
+    g1, g2 = torch.randn(16, 24), torch.randn(16, 24)
+    param.grad = g1.clone()
+    opt.step()
+    before = param.detach().clone()
+    param.grad = g2.clone()
+    opt.step()
+    momentum = 0.9 * g1 + g2
+    direction = g2 + 0.9 * momentum if nesterov else momentum
+    expected = orthogonalise(direction, 5) * (0.01 * 0.2 * math.sqrt(24))
+    torch.testing.assert_close(before - param.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_adamw_side_rate_can_be_set_apart_from_the_spectral_rate():
+    cfg = load_config("demo", TINY + ["train.optimizer=muon", "train.lr=0.01", "train.adamw_side_lr=0.001",
+                                      "train.warmup_steps=4"])
+    _, _, trainer = build(cfg)
+    trainer.train_step()
+    rates = {bool(g.get("spectral")): g["lr"] for g in trainer.optimizer.param_groups}
+    assert rates[True] == pytest.approx(trainer.lr_at(0)) and rates[False] == pytest.approx(trainer.lr_at(0) / 10)
+    default = build(load_config("demo", TINY + ["train.optimizer=muon", "train.lr=0.01"]))[2]
+    default.train_step()
+    assert {g["lr"] for g in default.optimizer.param_groups} == {default.lr_at(0)}
+
+
 def test_spectrum_summary_and_overlap_closed_forms():
     from caplab.analysis.spectral import spectrum_summary, subspace_overlap
 

@@ -195,7 +195,7 @@ class EnsembleTrainer:
     def train_step(self) -> list[float]:
         lr = self.members[0].lr_at(self.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         batches = []
         for member in self.members:
             batch = member.task.sample(self.cfg.batch_size, member.generator, self.device)

@@ -51,7 +51,7 @@ def _spectral(method: str):
         from caplab.train.spectral import make_spectral
 
         return make_spectral(model, method, cfg.lr, cfg.weight_decay, 0.95 if cfg.momentum is None else cfg.momentum,
-                             (cfg.beta1, cfg.beta2), cfg.spectral_rank_fraction)
+                             (cfg.beta1, cfg.beta2), cfg.spectral_rank_fraction, cfg.nesterov, cfg.adamw_side_lr)
     return build
 
 

@@ -28,7 +28,7 @@ the common practice for Muon.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import nn
@@ -87,12 +87,15 @@ class SpectralOptimizer(torch.optim.Optimizer):
 
     def __init__(self, groups: Iterable[dict], method: str, lr: float = 1e-3, weight_decay: float = 0.0,
                  momentum: float = 0.95, betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                 rank_fraction: float = 0.015, power_iterations: int = 1, newton_schulz_steps: int = 5) -> None:
+                 rank_fraction: float = 0.015, power_iterations: int = 1, newton_schulz_steps: int = 5,
+                 nesterov: Optional[bool] = None) -> None:
         if method not in ("muon", "spectra"):
             raise ValueError(f"method must be 'muon' or 'spectra', got {method!r}")
+        # Muon's reference form looks ahead (G + mu M); Spectra's paper steps on the momentum itself
+        nesterov = method == "muon" if nesterov is None else nesterov
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, betas=betas, eps=eps, spectral=False,
                         rank_fraction=rank_fraction, power_iterations=power_iterations,
-                        newton_schulz_steps=newton_schulz_steps, method=method)
+                        newton_schulz_steps=newton_schulz_steps, method=method, nesterov=nesterov)
         super().__init__(list(groups), defaults)
 
     @torch.no_grad()
@@ -115,15 +118,16 @@ class SpectralOptimizer(torch.optim.Optimizer):
         buffer = state["momentum_buffer"]
         buffer.mul_(group["momentum"]).add_(p.grad)
         grad, buffer = p.grad.view(p.shape[0], -1), buffer.view(p.shape[0], -1)  # a conv's filters as (out, in k k)
+        direction = grad + group["momentum"] * buffer if group.get("nesterov") else buffer
         if group["method"] == "muon":
-            update = orthogonalise(grad + group["momentum"] * buffer, group["newton_schulz_steps"])  # Nesterov
+            update = orthogonalise(direction, group["newton_schulz_steps"])
             scale = UPDATE_RMS * math.sqrt(max(buffer.shape))
         else:
             if group["rank_fraction"] > 0:
                 k = max(1, round(group["rank_fraction"] * min(buffer.shape)))
-                update, state["basis"] = suppress_spike(buffer, state.get("basis"), k, group["power_iterations"])
+                update, state["basis"] = suppress_spike(direction, state.get("basis"), k, group["power_iterations"])
             else:  # the control: the same rescaled momentum step with no spike removed
-                update = buffer
+                update = direction
             rms = update.norm() / math.sqrt(update.numel())
             scale = UPDATE_RMS / (rms.item() + 1e-8)
         p.mul_(1 - group["lr"] * group["weight_decay"])
@@ -146,14 +150,20 @@ class SpectralOptimizer(torch.optim.Optimizer):
 
 
 def make_spectral(model: nn.Module, method: str, lr: float, weight_decay: float, momentum: float,
-                  betas: tuple[float, float], rank_fraction: float = 0.015) -> SpectralOptimizer:
-    """Muon or Spectra on `spectral_parameters`, AdamW elsewhere (decay on >= 2-D tensors only)."""
+                  betas: tuple[float, float], rank_fraction: float = 0.015, nesterov: Optional[bool] = None,
+                  adamw_side_lr: Optional[float] = None) -> SpectralOptimizer:
+    """Muon or Spectra on `spectral_parameters`, AdamW elsewhere (decay on >= 2-D tensors only).
+
+    `adamw_side_lr`: the AdamW-side groups' peak rate (default: `lr`), kept as `lr_scale` so the trainer's
+    schedule moves both rates together.
+    """
     spectral = set(spectral_parameters(model))
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    side = {"lr_scale": adamw_side_lr / lr} if adamw_side_lr is not None else {}
     groups = [
         {"params": [p for n, p in named if n in spectral], "spectral": True, "weight_decay": weight_decay},
-        {"params": [p for n, p in named if n not in spectral and p.dim() >= 2], "weight_decay": weight_decay},
-        {"params": [p for n, p in named if n not in spectral and p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for n, p in named if n not in spectral and p.dim() >= 2], "weight_decay": weight_decay, **side},
+        {"params": [p for n, p in named if n not in spectral and p.dim() < 2], "weight_decay": 0.0, **side},
     ]
     return SpectralOptimizer([g for g in groups if g["params"]], method, lr=lr, momentum=momentum, betas=betas,
-                             rank_fraction=rank_fraction)
+                             rank_fraction=rank_fraction, nesterov=nesterov)

@@ -69,6 +69,8 @@ class TrainConfig:
     optimizer: Literal["adamw", "sgd", "muon", "spectra"] = "adamw"  # muon / spectra: 2-D weights of attention and MLPs, AdamW elsewhere
     momentum: Optional[float] = None  # sgd, muon, spectra; None: 0.9 for sgd, 0.95 for muon and spectra
     spectral_rank_fraction: float = 0.015  # spectra: share of singular directions treated as the spike (0: none, a control)
+    nesterov: Optional[bool] = None  # muon / spectra: step on G + mu M (None: muon yes, as its reference; spectra no)
+    adamw_side_lr: Optional[float] = None  # muon / spectra: peak rate of the AdamW-side parameters (None: lr)
     stop_at: Optional[float] = None  # stop at the first evaluation where stop_metric reaches this value
     stop_metric: str = "eval_loss"  # ...at or below it for a metric named *loss, at or above it otherwise (e.g. seen_exact)
     max_flops: Optional[float] = None  # stop once the training FLOPs (MAT's estimates included) reach this cap
@@ -88,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be a finite number, got {value}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be positive, got {self.lr}")
+        if self.adamw_side_lr is not None and not (math.isfinite(self.adamw_side_lr) and self.adamw_side_lr > 0):
+            raise ValueError(f"train.adamw_side_lr must be a positive number, got {self.adamw_side_lr}")
         for name in ("min_lr", "weight_decay", "grad_clip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be non-negative, got {getattr(self, name)}")
@@ -256,7 +260,7 @@ class Trainer:
 
     def train_step(self) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step)
+            group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
         batch = self.task.sample(self.cfg.batch_size, self.generator, self.device)
         if hasattr(self.task, "observe"):
             self.task.observe(batch)

@@ -17,6 +17,9 @@ here. Per (optimizer, learning rate):
                       grad_energy_share, grad_energy_share_random, grad_subspace_overlap and
                       spectra_cache_overlap, and the lowest single logged spectra_cache_overlap
 
+Variants read as optimizers of their own: `spectra@R` (another spike share), `muon-plain` / `spectra-nesterov`
+(train.nesterov switched from the method's default), `+adamwX` (train.adamw_side_lr = X).
+
 Per optimizer, the best-tuned learning rate is the one with the fewest mean
 steps to L among those where every seed completed and reached it (or, if
 none did, the lowest mean final loss, marked as never reaching L), and the
@@ -57,6 +60,10 @@ def _records(path: Path) -> list[dict]:
         name = train["optimizer"]
         if name == "spectra" and train.get("spectral_rank_fraction", DEFAULT_RANK) != DEFAULT_RANK:
             name = f"spectra@{train['spectral_rank_fraction']:g}"  # another spike share (0: the rescaling-only control)
+        if train.get("nesterov") is not None and train["nesterov"] != (train["optimizer"] == "muon"):
+            name += "-nesterov" if train["nesterov"] else "-plain"  # the momentum form switched (a control)
+        if train.get("adamw_side_lr") is not None:
+            name += f"+adamw{train['adamw_side_lr']:g}"  # the AdamW-side parameters held at their own rate
         # the run's own seed, so a confirmation sweep that sets train.seed in its grid reads as more seeds
         out.append({"optimizer": name, "lr": float(train["lr"]), "seed": int(train["seed"]), "run_id": entry["run_id"],
                     "diverged": store.info()["status"] == "failed", "evaluations": evaluations})

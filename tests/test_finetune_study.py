@@ -93,6 +93,16 @@ def test_a_diverging_cell_is_a_result_and_the_study_goes_on(tmp_path):
     assert run_study(path)["table"] == summary["table"]  # the diverged run is kept, not retrained
 
 
+def test_chains_in_parallel_processes_give_the_same_study(tmp_path):
+    overrides = TINY_STUDY + ["study.seeds=2", "study.correlations=[1.0]", "finetune.train.steps=10",
+                              "finetune.train.checkpoint_every=10"]
+    one = run_study(create_study("finetune-tracr", overrides, tmp_path / "one"))
+    two = run_study(create_study("finetune-tracr", overrides + ["study.workers=2"], tmp_path / "two"))
+    assert two["table"] == one["table"] and two["baselines"] == one["baselines"]
+    strip = lambda chain: {k: v for k, v in chain.items() if k != "runs"}  # noqa: E731  (run ids differ)
+    assert [strip(c) for c in two["chains"]] == [strip(c) for c in one["chains"]]
+
+
 def test_seeded_study_plans_one_chain_per_seed(tmp_path):
     from caplab.studies.finetune import plan
 

@@ -74,6 +74,7 @@ class FinetuneStudyConfig:
     priors: list[str] = field(default_factory=list)  # pretraining operand priors, one chain each ([]: the recipe's)
     instruments: Literal["all", "focus"] = "all"  # the cells pruned and probed
     shortcut_samples: int = 20000  # windows drawn to measure how often count(b) = count(a) + 1 by itself
+    workers: int = 1  # chains (prior x seed) trained, and then dissected, in this many processes at once
 
     def __post_init__(self) -> None:
         if len(self.lr_names) != len(self.learning_rates) or not self.lr_names:
@@ -83,8 +84,8 @@ class FinetuneStudyConfig:
                              f"({self.lr_names} x {self.correlations})")
         if self.prune_max < 1 or self.probe_samples < 8 or self.probe_steps < 1:
             raise ValueError("study.prune_max, probe_samples and probe_steps must be positive (probe_samples >= 8)")
-        if self.seeds < 1 or self.random_prune_draws < 1 or self.shortcut_samples < 1:
-            raise ValueError("study.seeds, random_prune_draws and shortcut_samples must be at least 1")
+        if self.seeds < 1 or self.random_prune_draws < 1 or self.shortcut_samples < 1 or self.workers < 1:
+            raise ValueError("study.seeds, random_prune_draws, shortcut_samples and workers must be at least 1")
         if len(set(self.priors)) != len(self.priors):
             raise ValueError(f"study.priors has a repeated prior: {self.priors}")
 
@@ -215,15 +216,52 @@ def create_study(recipe: str, overrides: list[str] = (), root: Optional[Path] = 
 
 
 def run_study(path: Path) -> dict:
-    """Run (or continue) every stage, then the instruments; write summary, figures and report; return the summary."""
+    """Run (or continue) every stage, then the instruments; write summary, figures and report; return the summary.
+
+    Every run id is reserved first, so chains run in parallel (`study.workers`) only read study.json; each
+    chain's stages run in order in one process, and each run is owned by the process training it.
+    """
     path = Path(path)
     study = read_json(path / "study.json")
     cfg = build_dataclass(FinetuneStudyConfig, study["study"], "study")
-    runs_dir = path.parent.parent
+    for stage in study["stages"]:
+        reserve(path / "study.json", study, stage, "run_id", stage["recipe"]["recipe"])
+    _in_parallel(_run_chain, path, _chains(study), cfg.workers)
+    print("caplab study: instruments (pruning, probes, attention)", file=sys.stderr)
+    summary = analyse(study, cfg, path.parent.parent, _in_parallel(_analyse_chain_of, path, _chains(study), cfg.workers))
+    atomic_write_json(path / "summary.json", summary)
+    from caplab.studies.finetune_report import write_finetune_report
+
+    write_finetune_report(path, summary)
+    return summary
+
+
+def _chains(study: dict) -> list[tuple]:
+    """(prior, seed) of every chain, in plan order."""
+    return list(dict.fromkeys((s.get("prior"), s.get("seed")) for s in study["stages"]))
+
+
+def _in_parallel(fn, path: Path, chains: list[tuple], workers: int) -> list:
+    """[fn(path, chain) for chain in chains], in `workers` fresh processes when there is more than one."""
+    if workers <= 1 or len(chains) <= 1:
+        return [fn(path, chain) for chain in chains]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(min(workers, len(chains)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [future.result() for future in [pool.submit(fn, path, chain) for chain in chains]]
+
+
+def _run_chain(path: Path, chain: tuple) -> None:
+    """Complete the stages of one (prior, seed) chain, in order (a stage may start from the one before)."""
+    study = read_json(Path(path) / "study.json")
+    cfg = build_dataclass(FinetuneStudyConfig, study["study"], "study")
+    runs_dir = Path(path).parent.parent
     run_ids = {s["stage"]: s["run_id"] for s in study["stages"]}
     for i, stage in enumerate(study["stages"]):
+        if (stage.get("prior"), stage.get("seed")) != tuple(chain):
+            continue
         label = f"[{i + 1}/{len(study['stages'])}] {stage['stage']}"
-        run_ids[stage["stage"]] = reserve(path / "study.json", study, stage, "run_id", stage["recipe"]["recipe"])
         experiment = _experiment(stage, run_ids)
         fill = functools.partial(_record_compiled, experiment=experiment, stage=stage, cfg=cfg) if stage["compile"] else None
         # a fine-tuning cell that diverges is a result (that learning rate is too large), unless a later stage needs it
@@ -232,13 +270,6 @@ def run_study(path: Path) -> dict:
             print(f"caplab study: {label}: kept as diverged; `caplab resume {stage['run_id']}` retries it", file=sys.stderr)
             continue
         complete(experiment, runs_dir, stage["run_id"], label, "study", fill, divergence_is_result=may_diverge)
-    print("caplab study: instruments (pruning, probes, attention)", file=sys.stderr)
-    summary = analyse(study, cfg, runs_dir)
-    atomic_write_json(path / "summary.json", summary)
-    from caplab.studies.finetune_report import write_finetune_report
-
-    write_finetune_report(path, summary)
-    return summary
 
 
 def _may_diverge(stage: dict, cfg: FinetuneStudyConfig) -> bool:
@@ -266,13 +297,12 @@ def _record_compiled(store: RunStore, experiment: ExperimentConfig, stage: dict,
 # ---------------------------------------------------------------- instruments
 
 
-def analyse(study: dict, cfg: FinetuneStudyConfig, runs_dir: Path) -> dict:
-    """The study's numbers from its finished runs (see module docstring): every chain, then the table over seeds."""
+def analyse(study: dict, cfg: FinetuneStudyConfig, runs_dir: Path, chains: Optional[list[dict]] = None) -> dict:
+    """The study's numbers from its finished runs (see module docstring): every chain (unless given, as
+    `_analyse_chain_of` computes them), then the table over seeds."""
     stages = study["stages"]
-    chains = []
-    for prior, seed in dict.fromkeys((s.get("prior"), s.get("seed")) for s in stages):
-        chain = {s.get("base", s["stage"]): s for s in stages if (s.get("prior"), s.get("seed")) == (prior, seed)}
-        chains.append(_analyse_chain(chain, prior, seed, cfg, runs_dir))
+    if chains is None:
+        chains = [_analyse_chain(_stages_of(stages, chain), *chain, cfg, runs_dir) for chain in _chains(study)]
     src, tgt = cfg.source_metric, cfg.target_metric
     summary = {
         "recipe": study["recipe"], "source_metric": src, "target_metric": tgt, "reach": cfg.reach,
@@ -284,6 +314,18 @@ def analyse(study: dict, cfg: FinetuneStudyConfig, runs_dir: Path) -> dict:
         "chains": chains,
     }
     return summary
+
+
+def _stages_of(stages: list[dict], chain: tuple) -> dict:
+    """The stages of one (prior, seed) chain, keyed by base stage name."""
+    return {s.get("base", s["stage"]): s for s in stages if (s.get("prior"), s.get("seed")) == tuple(chain)}
+
+
+def _analyse_chain_of(path: Path, chain: tuple) -> dict:
+    """`_analyse_chain` of one chain of the study at `path` (a top-level function, so a worker process can run it)."""
+    study = read_json(Path(path) / "study.json")
+    cfg = build_dataclass(FinetuneStudyConfig, study["study"], "study")
+    return _analyse_chain(_stages_of(study["stages"], chain), *chain, cfg, Path(path).parent.parent)
 
 
 def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: FinetuneStudyConfig,

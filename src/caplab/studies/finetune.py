@@ -47,7 +47,7 @@ from caplab.analysis.intervals import mean_interval
 from caplab.config import ExperimentConfig, build_dataclass, load_recipe, merge_recipe, resolve, set_key
 from caplab.errors import ConfigError
 from caplab.runs.store import RunStore, atomic_write_json, read_json
-from caplab.studies.folder import complete, new_folder, reserve, run_and_report
+from caplab.studies.folder import complete, new_folder, reserve_all, run_and_report
 
 SECTIONS = ("pretrain", "finetune", "reverse", "swapped")
 
@@ -224,8 +224,7 @@ def run_study(path: Path) -> dict:
     path = Path(path)
     study = read_json(path / "study.json")
     cfg = build_dataclass(FinetuneStudyConfig, study["study"], "study")
-    for stage in study["stages"]:
-        reserve(path / "study.json", study, stage, "run_id", stage["recipe"]["recipe"])
+    reserve_all(path / "study.json", study, [(stage, "run_id", stage["recipe"]["recipe"]) for stage in study["stages"]])
     _in_parallel(_run_chain, path, _chains(study), cfg.workers)
     print("caplab study: instruments (pruning, probes, attention)", file=sys.stderr)
     summary = analyse(study, cfg, path.parent.parent, _in_parallel(_analyse_chain_of, path, _chains(study), cfg.workers))

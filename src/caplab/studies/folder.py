@@ -43,14 +43,21 @@ def run_and_report(path: Path, run: Callable[[Path], dict], summary_lines: Calla
 def reserve(document_path: Path, document: dict, slot, key, recipe: str) -> str:
     """The run id at `slot[key]` (a dict entry or list item of `document`), reserving a new one for `recipe` and
     saving `document` first if there is none yet."""
-    if slot[key] is None:
+    reserve_all(document_path, document, [(slot, key, recipe)])
+    return slot[key]
+
+
+def reserve_all(document_path: Path, document: dict, slots: list[tuple]) -> None:
+    """`reserve` for every (slot, key, recipe) at once: new ids where there are none, then one save."""
+    missing = [(slot, key, recipe) for slot, key, recipe in slots if slot[key] is None]
+    for slot, key, recipe in missing:
         taken = json.dumps(document)
         run_id = RunStore.new_run_id(recipe)
         while f'"{run_id}"' in taken or (document_path.parent.parent.parent / run_id).exists():
             run_id = RunStore.new_run_id(recipe)  # ids reserved within one second may meet (4 hex digits)
         slot[key] = run_id
+    if missing:
         atomic_write_json(document_path, document)
-    return slot[key]
 
 
 def run_status(runs_dir: Path, run_id: str) -> dict:

@@ -30,7 +30,7 @@ from caplab.config import load_config, load_recipe
 from caplab.errors import ConfigError, TrainingDiverged
 from caplab.runs.owner import owning
 from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json
-from caplab.studies.folder import complete, new_folder, reserve, run_and_report
+from caplab.studies.folder import complete, new_folder, reserve_all, run_and_report
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -164,32 +164,17 @@ def open_sweep(name: str, root: Optional[Path] = None) -> Path:
 
 
 def run_sweep(path: Path) -> dict:
-    """Run (or continue) every planned run of the sweep at `path`; return the aggregate summary."""
+    """Run (or continue) every planned run of the sweep at `path`; return the aggregate summary.
+
+    Every run id is reserved first; then each group (an ensemble, or one run) is completed by
+    `complete_group`, which only reads sweep.json, so groups can be handed to separate workers.
+    """
     path = Path(path)
     sweep = read_json(path / "sweep.json")
-    runs_dir = path.parent.parent
     configs = [load_config(sweep["recipe"], _entry_overrides(sweep, entry)) for entry in sweep["runs"]]
+    reserve_all(path / "sweep.json", sweep, [(entry, "run_id", cfg.recipe) for entry, cfg in zip(sweep["runs"], configs)])
     for group in _groups(sweep, configs):
-        for i in group:
-            reserve(path / "sweep.json", sweep, sweep["runs"][i], "run_id", configs[i].recipe)
-        fresh = [i for i in group if not (runs_dir / sweep["runs"][i]["run_id"] / "run.json").is_file()]
-        if len(group) > 1 and len(fresh) == len(group):  # never started: train them together
-            from caplab.experiment import create_run, train_ensemble
-
-            ids = [sweep["runs"][i]["run_id"] for i in group]
-            print(f"caplab sweep: [{group[0] + 1}-{group[-1] + 1}/{len(sweep['runs'])}] ensemble of {len(group)}: "
-                  f"{ids[0]} ... {ids[-1]}", file=sys.stderr)
-            for leftover in (p for i in ids for p in runs_dir.glob(f".{i}.*")):
-                shutil.rmtree(leftover, ignore_errors=True)
-            try:
-                train_ensemble([create_run(configs[i], runs_dir, run_id=sweep["runs"][i]["run_id"]) for i in group])
-            except TrainingDiverged as exc:  # a divergent setting is a result: the others completed, the sweep goes on
-                print(f"caplab sweep: diverged: {exc}", file=sys.stderr)
-            continue
-        for i in group:  # one at a time: single runs, and members of an ensemble that was interrupted
-            entry = sweep["runs"][i]
-            label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
-            complete(configs[i], runs_dir, entry["run_id"], label, "sweep", keep_failed=True)
+        complete_group(path, group)
     summary = aggregate(path)
     from caplab.studies.sweep_report import write_sweep_report
 
@@ -206,6 +191,34 @@ def run_sweep(path: Path) -> dict:
         optimizer_tuning.tuning_figure(path, summary["optimizer_tuning"])
     write_sweep_report(path, summary)
     return summary
+
+
+def complete_group(path: Path, group: list[int]) -> None:
+    """Bring the planned runs `group` (indices into the sweep's runs, ids reserved) to completion: a group of
+    several runs that never started trains as one ensemble; anything else one run at a time (single runs,
+    and members of an ensemble that was interrupted, each resumed from its own checkpoint)."""
+    path = Path(path)
+    sweep = read_json(path / "sweep.json")
+    runs_dir = path.parent.parent
+    configs = {i: load_config(sweep["recipe"], _entry_overrides(sweep, sweep["runs"][i])) for i in group}
+    fresh = [i for i in group if not (runs_dir / sweep["runs"][i]["run_id"] / "run.json").is_file()]
+    if len(group) > 1 and len(fresh) == len(group):  # never started: train them together
+        from caplab.experiment import create_run, train_ensemble
+
+        ids = [sweep["runs"][i]["run_id"] for i in group]
+        print(f"caplab sweep: [{group[0] + 1}-{group[-1] + 1}/{len(sweep['runs'])}] ensemble of {len(group)}: "
+              f"{ids[0]} ... {ids[-1]}", file=sys.stderr)
+        for leftover in (p for i in ids for p in runs_dir.glob(f".{i}.*")):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            train_ensemble([create_run(configs[i], runs_dir, run_id=sweep["runs"][i]["run_id"]) for i in group])
+        except TrainingDiverged as exc:  # a divergent setting is a result: the others completed, the sweep goes on
+            print(f"caplab sweep: diverged: {exc}", file=sys.stderr)
+        return
+    for i in group:
+        entry = sweep["runs"][i]
+        label = f"[{i + 1}/{len(sweep['runs'])}] {entry['setting']} seed {entry['seed']}"
+        complete(configs[i], runs_dir, entry["run_id"], label, "sweep", keep_failed=True)
 
 
 def _groups(sweep: dict, configs: list) -> list[list[int]]:

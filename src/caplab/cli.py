@@ -45,9 +45,11 @@ def cmd_sweep(args) -> None:
         path = sweep.open_sweep(args.resume, _root(args))
         if args.metric:  # finished runs are kept; only the aggregate changes
             sweep.set_sweep_metric(path, args.metric)
+        if args.launcher:
+            sweep.set_sweep_launcher(path, args.launcher, args.workers, args.address)
     elif args.recipe:
         path = sweep.create_sweep(args.recipe, sweep.parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args),
-                                  args.ensemble)
+                                  args.ensemble, args.launcher, args.workers, args.address)
     else:
         raise ConfigError("give a recipe to sweep, or --resume SWEEP")
     _print(sweep.resume(path))
@@ -174,6 +176,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", type=int, nargs="?", const=16, metavar="N",
                    help="train runs of one model shape together, N at a time (default 16): seed ensembles in one kernel")
     p.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep (its folder or name)")
+    p.add_argument("--launcher", help="where runs train: local (default), ray, submitit (Slurm or its local executor), slurm")
+    p.add_argument("--workers", type=int, help="runs at once (ray: CPUs of the local Ray instance; submitit/slurm: jobs)")
+    p.add_argument("--address", help="ray: the address of an existing Ray cluster (default: start one here)")
     p.set_defaults(fn=cmd_sweep)
 
     p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint, or an interrupted sweep or study"))

@@ -31,6 +31,7 @@ from caplab.errors import ConfigError, TrainingDiverged
 from caplab.runs.owner import owning
 from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json
 from caplab.studies.folder import complete, new_folder, reserve_all, run_and_report
+from caplab.studies.launchers import check_launcher, launch
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -80,7 +81,8 @@ def recipe_sweep(recipe: str) -> dict:
     section = data.get("sweep") or {}
     if not isinstance(section, dict):
         raise ConfigError(f"recipe {recipe!r}: 'sweep' must be a mapping with grid, seeds, metric")
-    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read", "target_loss", "reference", "fit")
+    valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read", "target_loss", "reference", "fit",
+             "launcher", "workers", "address", "gpus_per_run")
     unknown = [k for k in section if k not in valid]
     if unknown:
         raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: {', '.join(valid)}")
@@ -91,7 +93,8 @@ def recipe_sweep(recipe: str) -> dict:
 
 
 def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overrides: list[str] = (),
-                 metric: Optional[str] = None, root: Optional[Path] = None, ensemble: Optional[int] = None) -> Path:
+                 metric: Optional[str] = None, root: Optional[Path] = None, ensemble: Optional[int] = None,
+                 launcher: Optional[str] = None, workers: Optional[int] = None, address: Optional[str] = None) -> Path:
     """Validate every planned config, then write the sweep folder; return it.
 
     An empty `grid`, `seeds` None, `metric` None or `ensemble` None fall back to the recipe's `sweep:`
@@ -108,7 +111,10 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
              "level": float(section.get("level", 0.5)), "ensemble": ensemble,
              "seed_keys": list(section.get("seed_keys", ["train.seed"])), "analysis": section.get("analysis"),
              "read": section.get("read", "final"), "target_loss": section.get("target_loss"), "fit": section.get("fit"),
-             "reference": section.get("reference", "adamw")}
+             "reference": section.get("reference", "adamw"),
+             "launcher": launcher or section.get("launcher", "local"), "workers": workers if workers is not None else section.get("workers", 1),
+             "address": address or section.get("address"), "gpus_per_run": section.get("gpus_per_run", 0)}
+    check_launcher(sweep["launcher"], sweep["workers"])
     if sweep["analysis"] not in (None, "data_percolation", "optimizer_tuning"):
         raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation, optimizer_tuning")
     if sweep["analysis"] == "optimizer_tuning" and not isinstance(sweep["target_loss"], (int, float)):
@@ -148,6 +154,16 @@ def check_metric_logged(cfg, metric: str, root: Optional[Path] = None) -> None:
         raise ConfigError(f"bad value {metric!r} for the sweep metric; runs of this recipe log: {', '.join(sorted(logged))}")
 
 
+def set_sweep_launcher(path: Path, launcher: str, workers: Optional[int] = None, address: Optional[str] = None) -> None:
+    """Continue the sweep on another launcher (finished runs are kept)."""
+    path = Path(path)
+    with owning(path, "sweep"):
+        sweep = read_json(path / "sweep.json")
+        sweep.update(launcher=launcher, workers=workers or sweep.get("workers", 1), address=address)
+        check_launcher(sweep["launcher"], sweep["workers"])
+        atomic_write_json(path / "sweep.json", sweep)
+
+
 def set_sweep_metric(path: Path, metric: str) -> None:
     """Track another capability in the sweep's aggregate (runs are not retrained)."""
     path = Path(path)
@@ -167,14 +183,15 @@ def run_sweep(path: Path) -> dict:
     """Run (or continue) every planned run of the sweep at `path`; return the aggregate summary.
 
     Every run id is reserved first; then each group (an ensemble, or one run) is completed by
-    `complete_group`, which only reads sweep.json, so groups can be handed to separate workers.
+    `complete_group`, which only reads sweep.json, so the sweep's launcher (`caplab.studies.launchers`) can
+    hand groups to workers.
     """
     path = Path(path)
     sweep = read_json(path / "sweep.json")
     configs = [load_config(sweep["recipe"], _entry_overrides(sweep, entry)) for entry in sweep["runs"]]
     reserve_all(path / "sweep.json", sweep, [(entry, "run_id", cfg.recipe) for entry, cfg in zip(sweep["runs"], configs)])
-    for group in _groups(sweep, configs):
-        complete_group(path, group)
+    launch(sweep.get("launcher", "local"), path, _groups(sweep, configs), sweep.get("workers", 1), sweep.get("address"),
+           sweep.get("gpus_per_run", 0))
     summary = aggregate(path)
     from caplab.studies.sweep_report import write_sweep_report
 

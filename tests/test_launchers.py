@@ -1,0 +1,67 @@
+"""Sweeps on engines: the same sweep trained in this process, on a local Ray instance and through submitit's
+local executor gives the same runs, metrics and summary."""
+
+import json
+import shutil
+
+import pytest
+
+from caplab.runs.store import RunStore
+from caplab.studies.sweep import create_sweep, run_sweep, sweep_runs
+from helpers import TINY, caplab, without_timing
+
+SMALL = TINY + ["train.steps=8", "train.eval_every=4", "train.checkpoint_every=8"]
+GRID = {"task.n_train_compositions": [6, 8]}
+
+
+def _sweep(root, launcher, workers=2):
+    path = create_sweep("demo", GRID, 1, SMALL, root=root, launcher=launcher, workers=workers)
+    summary = run_sweep(path)
+    metrics = {json.dumps(entry["setting"]): without_timing(store.metrics()) for entry, store in sweep_runs(path)}
+    return path, summary, metrics
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    return _sweep(tmp_path_factory.mktemp("local"), "local")
+
+
+@pytest.mark.parametrize("launcher", ["submitit", "ray"])
+def test_a_sweep_on_an_engine_equals_the_local_sweep(local, tmp_path, launcher):
+    pytest.importorskip(launcher)  # the `scale` extra, installed by the test command
+    _, local_summary, local_metrics = local
+    path, summary, metrics = _sweep(tmp_path, launcher)
+    assert metrics == local_metrics and len(metrics) == 2
+    assert [s["final_mean"] for s in summary["settings"]] == [s["final_mean"] for s in local_summary["settings"]]
+    for _, store in sweep_runs(path):
+        assert store.info()["status"] == "completed"
+    if launcher == "submitit":
+        assert (path / "submitit").is_dir()  # submitit's own logs, beside the sweep
+
+
+def test_a_killed_worker_leaves_only_what_did_not_complete(local, tmp_path):
+    path, _, local_metrics = local
+    copy = tmp_path / "sweeps" / path.name
+    shutil.copytree(path.parent.parent, tmp_path, dirs_exist_ok=True)
+    (entry, store), _ = list(sweep_runs(copy))  # as if the worker training the first run had been killed
+    store.set_status("running")
+    (store.path / "metrics.jsonl").unlink()
+    shutil.rmtree(store.path / "checkpoints")
+    store.write_json("manifest.json", {"checkpoints": []})
+    resumed = caplab("sweep", "--resume", path.name, root=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert {json.dumps(e["setting"]): without_timing(s.metrics()) for e, s in sweep_runs(copy)} == local_metrics
+    assert RunStore(store.path).info()["status"] == "completed"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--launcher", "bogus"], "bad value 'bogus' for the sweep launcher"),
+    (["--launcher", "slurm"], "launcher slurm needs"),
+    (["--launcher", "ray", "--workers", "0"], "bad value 0 for the sweep workers"),
+])
+def test_bad_launchers_are_one_line_and_make_no_sweep(tmp_path, args, message):
+    if args[1] == "slurm" and shutil.which("sbatch"):
+        pytest.skip("this machine has Slurm")
+    result = caplab("sweep", "demo", "--grid", "task.n_train_compositions=6", *args, root=tmp_path)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sweeps").exists()

@@ -145,7 +145,8 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
                 entries = json.loads(files[0].read_text())["runs"]
             except (json.JSONDecodeError, OSError):
                 entries = []
-            if len(entries) > 1 and entries[1]["run_id"] is not None:
+            # ids are all reserved up front: the second run's directory means the first one finished
+            if len(entries) > 1 and entries[1]["run_id"] and (tmp_path / entries[1]["run_id"] / "run.json").is_file():
                 proc.send_signal(signal.SIGKILL)
                 killed = True
                 break

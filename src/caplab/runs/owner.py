@@ -29,6 +29,16 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
+def _lock_within(fd: int, seconds: float) -> bool:
+    """The lock, retried briefly: a reader's probe (`is_owned`) holds it for microseconds."""
+    deadline = time.monotonic() + seconds
+    while not _try_lock(fd):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _holder(path: Path) -> str:
     try:
         return (path / OWNER_FILE).read_text().strip() or "?"
@@ -49,8 +59,7 @@ def owning(path: Path, what: str = "run") -> Iterator[None]:
             raise UnsafePath(f"{folder} is a symbolic link; caplab writes only inside the runs root")
     fd = os.open(path / OWNER_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     try:
-        # a reader's probe (`is_owned`) holds the lock for microseconds: retry briefly before calling it in use
-        if not any(_try_lock(fd) or time.sleep(0.05) for _ in range(20)):
+        if not _lock_within(fd, seconds=1.0):
             raise RunInUse(f"{what} {path.name} is in use by pid {_holder(path)}; wait for it or stop that process")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -4,7 +4,8 @@ import torch
 from caplab import ConfigError, RunStore, TrainingDiverged, load_config, run_ensemble, run_experiment
 from caplab.experiment import build
 from caplab.studies.sweep import create_sweep, run_sweep
-from caplab.train.ensemble import EnsembleGPT, EnsembleTrainer
+from caplab.models.ensemble import EnsembleGPT, FunctionalEnsemble, ensemble_model
+from caplab.train.ensemble import EnsembleTrainer
 from helpers import TINY, without_timing
 
 
@@ -40,6 +41,51 @@ def test_an_ensemble_of_three_matches_three_separate_runs(tmp_path):
         assert close_records(store.metrics(), alone.metrics())
         ours, theirs = store.load_weights()[0], alone.load_weights()[0]
         assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)
+
+
+IMAGE_TINY = ["task.image_size=12", "task.eval_samples=64", "train.steps=6", "train.batch_size=8", "train.eval_every=3",
+              "train.checkpoint_every=3", "train.warmup_steps=2", "train.eval_batch_size=16", "train.progress=never"]
+IMAGE_MODELS = {"mlp": "{kind: mlp, width: 32, depth: 2, norm: batch}",
+                "vgg": "{kind: vgg, width: 4, depth: 3, stages: 2, norm: batch}",
+                "resnet": "{kind: resnet, width: 4, depth: 8, stages: 3, norm: group, norm_groups: 2}"}
+
+
+def image_recipe(tmp_path, kind: str) -> str:
+    """A tiny shapes recipe with a model of `kind` (a path load_config reads)."""
+    path = tmp_path / f"tiny-{kind}.yaml"
+    path.write_text(f"task: {{name: shapes, n_shapes: 4, n_colours: 2, n_sizes: 2, n_positions: 4}}\nmodel: {IMAGE_MODELS[kind]}\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", sorted(IMAGE_MODELS))
+def test_image_model_ensembles_match_separate_runs(tmp_path, kind):
+    """Every model kind ensembles (vmap over the members, BatchNorm statistics each member's own) and each
+    member's curve, weights and buffers are those of the same seed trained alone."""
+    recipe = image_recipe(tmp_path, kind)
+    paths = run_ensemble(load_config(recipe, IMAGE_TINY + ["train.ensemble=2", "train.seed=3"]), tmp_path / "ensemble")
+    for i, path in enumerate(paths):
+        store = RunStore(path)
+        alone = RunStore(run_experiment(load_config(recipe, IMAGE_TINY + [f"train.seed={3 + i}"]), tmp_path / "alone"))
+        assert close_records(store.metrics(), alone.metrics())
+        ours, theirs = store.load_weights()[0], alone.load_weights()[0]
+        assert ours.keys() == theirs.keys()
+        assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-5) for k in theirs)
+
+
+def test_a_functional_ensemble_forward_is_each_members_forward(tmp_path):
+    cfg = load_config(image_recipe(tmp_path, "vgg"), IMAGE_TINY)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(cfg.make_model())
+    stacked = ensemble_model(models)
+    assert isinstance(stacked, FunctionalEnsemble)
+    images = torch.randn(3, 5, 3, 12, 12)
+    outputs = stacked(images)  # training mode: batch statistics, running statistics updated per member
+    for i, model in enumerate(models):
+        assert torch.allclose(outputs[i], model(images[i]), atol=1e-5)
+        state = stacked.member_state(i)
+        assert all(torch.allclose(state[k].float(), v.float()) for k, v in model.state_dict().items())
 
 
 def _trained_alone(seeds):

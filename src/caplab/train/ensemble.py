@@ -1,18 +1,16 @@
-"""Seed ensembles: N same-shape GPTs trained at once, in the same kernels, each an ordinary run.
+"""Seed ensembles: N same-shape models trained at once, in the same kernels, each an ordinary run.
 
 Each member keeps everything a separate run has: its own seed (so its own
 initial weights and data stream), its own task (a different world or corpus
 if asked), its own optimizer state, metrics, checkpoints and report. Only
-the arithmetic is shared: the members' weights are stacked along a leading
-ensemble axis, linear layers are batched matrix products (`bmm`), attention
-and the norms fold the ensemble into the batch, and one fused AdamW steps
-all members (AdamW is elementwise, so this is N AdamWs). Gradient clipping
-is per member. The result matches N separate runs up to floating-point
-rounding (tested).
-
-Plain `torch.func.vmap` over the GPT is slower than this on CPU at the
-widths used here: `scaled_dot_product_attention` has no batching rule there
-and falls back to a Python loop.
+the arithmetic is shared: the members' weights (and buffers, e.g. BatchNorm
+statistics) are stacked along a leading ensemble axis and computed in one
+forward (`caplab.models.ensemble`: batched matrix products for the standard
+GPT, `vmap` over any other model kind: MLP, VGG, ResNet), each member's
+loss is its own task's objective, and one fused AdamW steps all members
+(AdamW is elementwise, so this is N AdamWs). Gradient clipping is per
+member. The result matches N separate runs up to floating-point rounding
+(tested for every model kind).
 
 For evaluation and checkpoints the stacked weights and optimizer state are
 copied back into each member's own `Trainer`, which then evaluates, logs and
@@ -32,11 +30,10 @@ import time
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from caplab.errors import ConfigError, TrainingDiverged
-from caplab.models.gpt import GPT, GPTConfig
+from caplab.models.ensemble import ensemble_model
 from caplab.train.trainer import Schedule, Trainer
 
 
@@ -44,74 +41,16 @@ def check_ensemble(experiment) -> None:
     """Raise ConfigError for settings ensembles do not support (`experiment`: an ExperimentConfig)."""
     if experiment.mat.every or experiment.diagnostics.spectral_every or experiment.diagnostics.signal_every:
         raise ConfigError("train.ensemble does not combine with mat.every or diagnostics")
-    _check_shape(experiment.model, experiment.train)
+    _check_shape(experiment.train)
 
 
-def _check_shape(cfg: GPTConfig, train_cfg) -> None:
-    if cfg.normalization_type != "LN" or cfg.attention_dir != "causal" or not cfg.tied_embeddings:
-        raise ConfigError("train.ensemble needs the standard GPT (LayerNorm, causal attention, tied embeddings)")
+def _check_shape(train_cfg) -> None:
     if train_cfg.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"train.ensemble supports train.optimizer=adamw or sgd, not {train_cfg.optimizer!r}")
     if train_cfg.compile:
         raise ConfigError("train.ensemble does not combine with train.compile")
     if train_cfg.stop_at is not None or train_cfg.max_flops is not None:  # members would stop at different steps
         raise ConfigError("train.ensemble does not combine with train.stop_at or train.max_flops")
-
-
-class EnsembleGPT(nn.Module):
-    """N GPTs of one shape with stacked weights: (N, batch, pos) tokens -> (N, batch, pos, vocab) logits."""
-
-    def __init__(self, models: list[GPT]) -> None:
-        super().__init__()
-        self.cfg, self.n = models[0].cfg, len(models)
-        self.names = [name for name, _ in models[0].named_parameters()]
-        self.weights = nn.ParameterDict({
-            _key(name): nn.Parameter(torch.stack([dict(m.named_parameters())[name].detach() for m in models]))
-            for name in self.names})
-        self.act = F.gelu if self.cfg.act_fn == "gelu" else F.relu
-
-    def parameter(self, name: str) -> nn.Parameter:
-        return self.weights[_key(name)]
-
-    def member_state(self, index: int) -> dict[str, torch.Tensor]:
-        """Member `index`'s weights, named as in a GPT's state dict."""
-        return {name: self.parameter(name)[index].detach().clone() for name in self.names}
-
-    def load_members(self, states: list[dict[str, torch.Tensor]]) -> None:
-        with torch.no_grad():
-            for name in self.names:
-                self.parameter(name).copy_(torch.stack([s[name] for s in states]))
-
-    def _linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """x (N, rows, in) through each member's Linear `name` -> (N, rows, out)."""
-        out = torch.bmm(x, self.parameter(f"{name}.weight").transpose(1, 2))
-        return out + self.parameter(f"{name}.bias")[:, None, :] if self.cfg.bias else out
-
-    def _norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.parameter(f"{name}.weight")[:, None, :] + self.parameter(f"{name}.bias")[:, None, :]
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        N, B, T = tokens.shape
-        cfg = self.cfg
-        nh, hs, d = cfg.n_heads, cfg.d_head, cfg.d_model
-        embed = self.parameter("embed.weight")  # (N, V, d)
-        rows = tokens + (torch.arange(N, device=tokens.device) * cfg.d_vocab)[:, None, None]
-        x = F.embedding(rows, embed.reshape(N * cfg.d_vocab, d)) + self.parameter("pos_embed.weight")[:, None, :T]  # (N, B, T, d)
-        x = x.reshape(N, B * T, d)
-        for i in range(cfg.n_layers):
-            block = f"blocks.{i}"
-            qkv = self._linear(self._norm(x, f"{block}.ln1"), f"{block}.attn.qkv")  # (N, B*T, 3d)
-            q, k, v = qkv.view(N * B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # each (N*B, nh, T, hs)
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)  # (N*B, T, nh, hs)
-            x = x + self._linear(z.reshape(N, B * T, d), f"{block}.attn.out")
-            hidden = self.act(self._linear(self._norm(x, f"{block}.ln2"), f"{block}.mlp.fc_in"))
-            x = x + self._linear(hidden, f"{block}.mlp.fc_out")
-        logits = torch.bmm(self._norm(x, "ln_final"), embed.transpose(1, 2))  # (N, B*T, V)
-        return logits.view(N, B, T, cfg.d_vocab)
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "__")
 
 
 class EnsembleTrainer:
@@ -128,10 +67,10 @@ class EnsembleTrainer:
         self.cfg, self.device = first.cfg, first.device
         if any(m.plugins for m in members):
             raise ConfigError("train.ensemble does not combine with mat.every or diagnostics")
-        _check_shape(first.model.cfg, first.cfg)
+        _check_shape(first.cfg)
         if len({m.step for m in members}) != 1:
             raise ValueError("ensemble members must be at the same step")
-        self.model = EnsembleGPT([m.model for m in members]).to(self.device)
+        self.model = ensemble_model([m.model for m in members]).to(self.device)
         # the stacked optimizer lists parameters in the members' own order, so state index i is the same tensor
         self.order = _optimizer_order(first)
         groups = [{"params": [self.model.parameter(n) for n in names], "weight_decay": wd} for names, wd in self.order]
@@ -202,13 +141,10 @@ class EnsembleTrainer:
             if hasattr(member.task, "observe"):
                 member.task.observe(batch)
             batches.append(batch)
-        tokens = torch.stack([b.tokens for b in batches])  # (N, B, T)
-        targets = torch.stack([b.targets for b in batches])
-        mask = torch.stack([b.loss_mask for b in batches])
+        inputs = torch.stack([b.inputs for b in batches])  # (N, batch, ...)
         with self.members[0].autocast():
-            logits = self.model(tokens)
-        per_token = F.cross_entropy(logits.float().flatten(0, 2), targets.flatten(), reduction="none").view_as(mask)
-        losses = (per_token * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)  # (N,) each member's mean loss
+            outputs = self.model(inputs)
+        losses = torch.stack([m.task.loss(outputs[i], batches[i]) for i, m in enumerate(self.members)])  # (N,)
         values = losses.tolist()
         for index, value in enumerate(values):
             if index not in self.failed and (value != value or value in (float("inf"), float("-inf"))):

@@ -3,6 +3,7 @@ local executor gives the same runs, metrics and summary."""
 
 import json
 import shutil
+import socket
 
 import pytest
 
@@ -12,6 +13,13 @@ from helpers import TINY, caplab, without_timing
 
 SMALL = TINY + ["train.steps=8", "train.eval_every=4", "train.checkpoint_every=8"]
 GRID = {"task.n_train_compositions": [6, 8]}
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _sweep(root, launcher, workers=2):
@@ -58,10 +66,17 @@ def test_a_killed_worker_leaves_only_what_did_not_complete(local, tmp_path):
     (["--launcher", "bogus"], "bad value 'bogus' for the sweep launcher"),
     (["--launcher", "slurm"], "launcher slurm needs"),
     (["--launcher", "ray", "--workers", "0"], "bad value 0 for the sweep workers"),
+    (["--launcher", "ray", "--address", "127.0.0.1:{port}"], "the Ray address 127.0.0.1:{port} does not answer"),
+    (["--launcher", "ray", "--address", "nonsense"], "bad Ray address 'nonsense'"),
+    (["--launcher", "local", "--address", "127.0.0.1:6379"], "an address is for the ray launcher, not local"),
 ])
 def test_bad_launchers_are_one_line_and_make_no_sweep(tmp_path, args, message):
     if args[1] == "slurm" and shutil.which("sbatch"):
         pytest.skip("this machine has Slurm")
+    if args[1] == "ray":
+        pytest.importorskip("ray")
+    port = _closed_port()
+    args, message = [a.format(port=port) for a in args], message.format(port=port)
     result = caplab("sweep", "demo", "--grid", "task.n_train_compositions=6", *args, root=tmp_path)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "sweeps").exists()

@@ -18,6 +18,7 @@ elsewhere can train a sweep. Each run is owned by the process training it
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -26,8 +27,9 @@ from caplab.errors import ConfigError
 LAUNCHERS = ("local", "ray", "submitit", "slurm")
 
 
-def check_launcher(name: str, workers: int) -> None:
-    """ConfigError for an unknown launcher, a bad worker count, or a launcher whose engine is not installed."""
+def check_launcher(name: str, workers: int, address: Optional[str] = None) -> None:
+    """ConfigError for an unknown launcher, a bad worker count, a launcher whose engine is not installed, or a
+    Ray address that does not answer (checked before any sweep folder exists)."""
     if name not in LAUNCHERS:
         raise ConfigError(f"bad value {name!r} for the sweep launcher; valid: {', '.join(LAUNCHERS)}")
     if not isinstance(workers, int) or workers < 1:
@@ -41,6 +43,32 @@ def check_launcher(name: str, workers: int) -> None:
     if name == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError("launcher slurm needs Slurm (no `sbatch` on this machine); use submitit for its local "
                           "executor, or ray")
+    if address is not None and name != "ray":
+        raise ConfigError(f"an address is for the ray launcher, not {name}")
+    if name == "ray" and address:
+        check_ray_address(address)
+
+
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """ConfigError unless a Ray cluster answers at `address` (host:port or ray://host:port; `auto`: the one
+    Ray finds on this machine or in RAY_ADDRESS)."""
+    if address == "auto":
+        import ray
+
+        try:
+            ray.init(address="auto", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"no Ray cluster answers at address auto: {str(exc).splitlines()[0]}") from None
+        ray.shutdown()
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"bad Ray address {address!r}; expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"the Ray address {address} does not answer ({exc.strerror or exc}); start the cluster "
+                          "(ray start --head) or leave --address out to start Ray here") from None
 
 
 def complete_groups(path: str, groups: list[list[int]], threads: Optional[int] = 1) -> None:

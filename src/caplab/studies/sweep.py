@@ -114,7 +114,7 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
              "reference": section.get("reference", "adamw"),
              "launcher": launcher or section.get("launcher", "local"), "workers": workers if workers is not None else section.get("workers", 1),
              "address": address or section.get("address"), "gpus_per_run": section.get("gpus_per_run", 0)}
-    check_launcher(sweep["launcher"], sweep["workers"])
+    check_launcher(sweep["launcher"], sweep["workers"], sweep["address"])
     if sweep["analysis"] not in (None, "data_percolation", "optimizer_tuning"):
         raise ConfigError(f"bad value {sweep['analysis']!r} for 'sweep.analysis'; valid: data_percolation, optimizer_tuning")
     if sweep["analysis"] == "optimizer_tuning" and not isinstance(sweep["target_loss"], (int, float)):
@@ -131,7 +131,8 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     if ensemble:
         from caplab.train.ensemble import check_ensemble
 
-        check_ensemble(configs[0])
+        for cfg in configs:  # every setting (a grid may change the optimizer); settings of other shapes form their own ensembles
+            check_ensemble(cfg)
     if metric is None:
         sweep["metric"] = configs[0].make_task().primary_metric
     else:
@@ -160,7 +161,7 @@ def set_sweep_launcher(path: Path, launcher: str, workers: Optional[int] = None,
     with owning(path, "sweep"):
         sweep = read_json(path / "sweep.json")
         sweep.update(launcher=launcher, workers=workers or sweep.get("workers", 1), address=address)
-        check_launcher(sweep["launcher"], sweep["workers"])
+        check_launcher(sweep["launcher"], sweep["workers"], address)
         atomic_write_json(path / "sweep.json", sweep)
 
 
@@ -245,9 +246,9 @@ def _groups(sweep: dict, configs: list) -> list[list[int]]:
         return [[i] for i in range(len(configs))]
     by_shape: dict[str, list[int]] = {}
     for i, cfg in enumerate(configs):
-        task = cfg.make_task()
+        # the model section holds the fields the task fixes (vocabulary, context, image shape): one key, one shape
         train = {k: v for k, v in cfg.to_dict()["train"].items() if k != "seed"}
-        key = json.dumps([cfg.to_dict()["model"], train, task.vocab_size, task.seq_len], sort_keys=True, default=str)
+        key = json.dumps([cfg.to_dict()["model"], train], sort_keys=True, default=str)
         by_shape.setdefault(key, []).append(i)
     return [members[start : start + size] for members in by_shape.values() for start in range(0, len(members), size)]
 

@@ -48,8 +48,11 @@ def cmd_sweep(args) -> None:
         if args.launcher:
             sweep.set_sweep_launcher(path, args.launcher, args.workers, args.address)
     elif args.recipe:
+        from caplab.studies.search import parse_space
+
+        search = {"engine": args.search, "space": parse_space(args.space), "trials": args.trials, "direction": args.direction}
         path = sweep.create_sweep(args.recipe, sweep.parse_grid(args.grid), args.seeds, args.set, args.metric, _root(args),
-                                  args.ensemble, args.launcher, args.workers, args.address)
+                                  args.ensemble, args.launcher, args.workers, args.address, search)
     else:
         raise ConfigError("give a recipe to sweep, or --resume SWEEP")
     _print(sweep.resume(path))
@@ -178,7 +181,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="SWEEP", help="continue an interrupted sweep (its folder or name)")
     p.add_argument("--launcher", help="where runs train: local (default), ray, submitit (Slurm or its local executor), slurm")
     p.add_argument("--workers", type=int, help="runs at once (ray: CPUs of the local Ray instance; submitit/slurm: jobs)")
-    p.add_argument("--address", help="ray: the address of an existing Ray cluster (default: start one here)")
+    p.add_argument("--address", help="ray: the address of an existing Ray cluster, HOST:PORT (default: start one here)")
+    p.add_argument("--search", help="let an engine propose the settings instead of a grid: optuna")
+    p.add_argument("--space", action="append", default=[], metavar="KEY=KIND:LOW:HIGH",
+                   help="a searched knob: KIND float, log or int (e.g. train.lr=log:1e-4:1e-2), or KEY=choice:A,B")
+    p.add_argument("--trials", type=int, help="settings the search tries (default: the recipe's, else 16)")
+    p.add_argument("--direction", choices=["minimize", "maximize"],
+                   help="of the metric (default: minimize a *loss, maximize anything else)")
     p.set_defaults(fn=cmd_sweep)
 
     p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint, or an interrupted sweep or study"))

@@ -82,7 +82,7 @@ def recipe_sweep(recipe: str) -> dict:
     if not isinstance(section, dict):
         raise ConfigError(f"recipe {recipe!r}: 'sweep' must be a mapping with grid, seeds, metric")
     valid = ("grid", "seeds", "metric", "level", "ensemble", "seed_keys", "analysis", "read", "target_loss", "reference", "fit",
-             "launcher", "workers", "address", "gpus_per_run")
+             "launcher", "workers", "address", "gpus_per_run", "search", "space", "trials", "direction", "sampler_seed")
     unknown = [k for k in section if k not in valid]
     if unknown:
         raise ConfigError(f"unknown key 'sweep.{unknown[0]}'; valid: {', '.join(valid)}")
@@ -94,14 +94,20 @@ def recipe_sweep(recipe: str) -> dict:
 
 def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overrides: list[str] = (),
                  metric: Optional[str] = None, root: Optional[Path] = None, ensemble: Optional[int] = None,
-                 launcher: Optional[str] = None, workers: Optional[int] = None, address: Optional[str] = None) -> Path:
+                 launcher: Optional[str] = None, workers: Optional[int] = None, address: Optional[str] = None,
+                 search: Optional[dict] = None) -> Path:
     """Validate every planned config, then write the sweep folder; return it.
 
     An empty `grid`, `seeds` None, `metric` None or `ensemble` None fall back to the recipe's `sweep:`
     section. `ensemble` = N > 0 trains runs of one model shape together, N at a time (`caplab.train.ensemble`).
+    `search` ({engine, space, trials, direction}, any part None: the section's) replaces the grid by settings
+    an engine proposes (`caplab.studies.search`).
     """
     section = recipe_sweep(recipe)
-    grid = grid or dict(section.get("grid") or {})
+    search = _search_settings(section, search or {})
+    if search and grid:
+        raise ConfigError("a searched sweep takes --space, not --grid")
+    grid = {} if search else grid or dict(section.get("grid") or {})
     seeds = seeds if seeds is not None else int(section.get("seeds", 1))
     metric = metric or section.get("metric")
     if seeds < 1:
@@ -125,7 +131,13 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
     if sweep["read"] not in ("final", "peak"):  # how each run's metric is read (peak: needs its _a/_b halves)
         raise ConfigError(f"bad value {sweep['read']!r} for 'sweep.read'; valid: final, peak")
     sweep["runs"] = plan(grid, seeds)
-    configs = [load_config(recipe, _entry_overrides(sweep, e)) for e in sweep["runs"]]  # fail early, exit 2
+    checked = sweep["runs"]
+    if search:  # trials are asked as the sweep runs: check both corners of the space now
+        from caplab.studies.search import corner_settings
+
+        sweep["search"], sweep["runs"] = search, []
+        checked = [{"setting": setting, "seed": 0} for setting in corner_settings(search["space"])]
+    configs = [load_config(recipe, _entry_overrides(sweep, e)) for e in checked]  # fail early, exit 2
     if any(c.train.ensemble > 1 for c in configs):
         raise ConfigError("a sweep makes its own seeds: use `--ensemble N` (or sweep.ensemble) instead of train.ensemble")
     if ensemble:
@@ -137,7 +149,25 @@ def create_sweep(recipe: str, grid: dict[str, list], seeds: Optional[int], overr
         sweep["metric"] = configs[0].make_task().primary_metric
     else:
         check_metric_logged(configs[0], metric, root)
+    if search and search["direction"] is None:  # a loss is minimised, a capability maximised
+        search["direction"] = "minimize" if sweep["metric"].endswith("loss") else "maximize"
     return new_folder("sweeps", Path(recipe).stem, "sweep.json", sweep, root)
+
+
+def _search_settings(section: dict, given: dict) -> Optional[dict]:
+    """The search of a sweep ({engine, space, trials, direction, sampler_seed}): `given` over the recipe's; None: a grid."""
+    engine = given.get("engine") or section.get("search")
+    if engine is None:
+        if given.get("space") or given.get("trials"):
+            raise ConfigError("--space and --trials belong to a searched sweep: add --search optuna")
+        return None
+    search = {"engine": engine, "space": given.get("space") or section.get("space"),
+              "trials": given.get("trials") or section.get("trials", 16),
+              "direction": given.get("direction") or section.get("direction"), "sampler_seed": section.get("sampler_seed", 0)}
+    from caplab.studies.search import check_search
+
+    check_search(search)
+    return search
 
 
 def check_metric_logged(cfg, metric: str, root: Optional[Path] = None) -> None:
@@ -189,11 +219,18 @@ def run_sweep(path: Path) -> dict:
     """
     path = Path(path)
     sweep = read_json(path / "sweep.json")
-    configs = [load_config(sweep["recipe"], _entry_overrides(sweep, entry)) for entry in sweep["runs"]]
-    reserve_all(path / "sweep.json", sweep, [(entry, "run_id", cfg.recipe) for entry, cfg in zip(sweep["runs"], configs)])
-    launch(sweep.get("launcher", "local"), path, _groups(sweep, configs), sweep.get("workers", 1), sweep.get("address"),
-           sweep.get("gpus_per_run", 0))
+    if sweep.get("search"):
+        from caplab.studies.search import run_search
+
+        run_search(path, sweep, lambda trials: _train_trials(path, trials))
+    else:
+        _train_entries(path, sweep, range(len(sweep["runs"])))
     summary = aggregate(path)
+    if sweep.get("search"):
+        from caplab.studies.search import search_summary
+
+        summary["search"] = search_summary(path, sweep["search"])
+        atomic_write_json(path / "summary.json", summary)
     from caplab.studies.sweep_report import write_sweep_report
 
     if sweep.get("analysis") == "data_percolation":
@@ -209,6 +246,35 @@ def run_sweep(path: Path) -> dict:
         optimizer_tuning.tuning_figure(path, summary["optimizer_tuning"])
     write_sweep_report(path, summary)
     return summary
+
+
+def _train_entries(path: Path, sweep: dict, indices) -> None:
+    """Reserve the ids of the planned runs `indices` (saving sweep.json once), then complete them on the launcher."""
+    configs = {i: load_config(sweep["recipe"], _entry_overrides(sweep, sweep["runs"][i])) for i in indices}
+    reserve_all(path / "sweep.json", sweep, [(sweep["runs"][i], "run_id", cfg.recipe) for i, cfg in configs.items()])
+    launch(sweep.get("launcher", "local"), path, _groups(sweep, configs), sweep.get("workers", 1), sweep.get("address"),
+           sweep.get("gpus_per_run", 0))
+
+
+def _train_trials(path: Path, trials) -> dict[int, list]:
+    """Train searched trials: `trials` {number: params} are new (their runs are added to the plan), a list of
+    numbers are trials already planned. Returns {number: each run's final metric (None: no value)}."""
+    sweep = read_json(path / "sweep.json")
+    if isinstance(trials, dict):
+        for number, params in trials.items():
+            sweep["runs"] += [{"setting": params, "seed": seed, "run_id": None, "trial": number} for seed in range(sweep["seeds"])]
+    numbers = set(trials)
+    indices = [i for i, entry in enumerate(sweep["runs"]) if entry.get("trial") in numbers]
+    _train_entries(path, sweep, indices)
+    reads: dict[int, list] = {number: [] for number in numbers}
+    runs_dir = path.parent.parent
+    for i in indices:
+        entry = sweep["runs"][i]
+        store = RunStore(runs_dir / entry["run_id"])
+        completed = (store.path / "run.json").is_file() and store.info()["status"] == "completed"
+        values = [r[sweep["metric"]] for r in store.metrics() if sweep["metric"] in r] if completed else []
+        reads[entry["trial"]].append(values[-1] if values else None)
+    return reads
 
 
 def complete_group(path: Path, group: list[int]) -> None:
@@ -239,13 +305,14 @@ def complete_group(path: Path, group: list[int]) -> None:
         complete(configs[i], runs_dir, entry["run_id"], label, "sweep", keep_failed=True)
 
 
-def _groups(sweep: dict, configs: list) -> list[list[int]]:
-    """Planned runs in the order they run: ensembles of runs of one shape (at most sweep["ensemble"]), or singles."""
+def _groups(sweep: dict, configs: dict) -> list[list[int]]:
+    """Planned runs ({index: config}) in the order they run: ensembles of runs of one shape (at most
+    sweep["ensemble"]), or singles."""
     size = sweep.get("ensemble") or 0
     if size <= 1:
-        return [[i] for i in range(len(configs))]
+        return [[i] for i in configs]
     by_shape: dict[str, list[int]] = {}
-    for i, cfg in enumerate(configs):
+    for i, cfg in configs.items():
         # the model section holds the fields the task fixes (vocabulary, context, image shape): one key, one shape
         train = {k: v for k, v in cfg.to_dict()["train"].items() if k != "seed"}
         key = json.dumps([cfg.to_dict()["model"], train], sort_keys=True, default=str)
@@ -429,6 +496,10 @@ def summary_lines(summary: dict) -> list[str]:
     """Per setting: the final metric, the step reaching the level, the fit and peak reads; failures; the scaling fit."""
     from caplab.studies.sweep_report import format_interval
 
+    if "search" in summary:
+        from caplab.studies.search import summary_lines as search_lines
+
+        return search_lines(summary["search"], summary["metric"])
     if "optimizer_tuning" in summary:
         from caplab.studies.optimizer_tuning import summary_lines as tuning_lines
 

@@ -54,6 +54,9 @@ def write_sweep_report(path: Path, summary: dict) -> Path:
         names.append("emergence_scaling.png")
         plots.save(fig, figures / names[-1])
 
+    if summary.get("search"):
+        names.append(search_figure(figures, summary["search"], metric))
+
     rows = []
     for s in summary["settings"]:
         c = s["crossing"]
@@ -71,6 +74,25 @@ def write_sweep_report(path: Path, summary: dict) -> Path:
     body += html.images(names)
     body.append(html.json_block("Summary", summary))
     return html.write_page(path / "report.html", "caplab sweep", body)
+
+
+def search_figure(figures: Path, search: dict, metric: str) -> str:
+    """Each searched knob against the trials' values (log axis for log-scale knobs); the best trial ringed."""
+    keys = [k for k, spec in search["space"].items() if spec[0] != "choice"] or list(search["space"])
+    fig, axes = plots.subplots(1, len(keys), width=4.2 * len(keys), height=3.6, squeeze=False)
+    done = [t for t in search["trials"] if t["value"] is not None]
+    for ax, key in zip(axes[0], keys):
+        ax.plot([t["params"][key] for t in done], [t["value"] for t in done], "o", alpha=0.7, label="trial")
+        if search["best"]:
+            ax.plot([search["best"]["params"][key]], [search["best"]["value"]], "o", ms=12, mfc="none", color="C3", label="best")
+        if search["space"][key][0] == "log":
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(f"{metric} (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    plots.save(fig, figures / "search.png")
+    return "search.png"
 
 
 def format_interval(estimate: dict) -> str:

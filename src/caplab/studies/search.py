@@ -22,6 +22,7 @@ trials asked together.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 from pathlib import Path
 from typing import Optional
@@ -83,10 +84,8 @@ def check_search(search: dict) -> None:
     """ConfigError unless `search` ({engine, space, trials, direction, sampler_seed}) can run here."""
     if search["engine"] not in ENGINES:
         raise ConfigError(f"bad value {search['engine']!r} for the sweep search; valid: {', '.join(ENGINES)}")
-    try:
-        import optuna  # noqa: F401
-    except ImportError:
-        raise ConfigError("--search optuna needs optuna: pip install 'caplab[scale]'") from None
+    if importlib.util.find_spec("optuna") is None:
+        raise ConfigError("--search optuna needs optuna: pip install 'caplab[scale]'")
     check_space(search["space"])
     if not isinstance(search["trials"], int) or search["trials"] < 1:
         raise ConfigError(f"bad value {search['trials']!r} for the search trials; expected a whole number >= 1")

@@ -250,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if "torch" in sys.modules:  # a torchrun process group, if this process joined one
+            from caplab.train import distributed
+
+            distributed.shutdown()
     return 0
 
 

@@ -21,6 +21,7 @@ from caplab.runs.catalog import Catalog
 from caplab.runs.owner import owning
 from caplab.runs.report import write_report
 from caplab.runs.store import RunStore
+from caplab.train import distributed
 from caplab.train.plugins import attach_plugins
 from caplab.train.trainer import Trainer, resolve_device
 
@@ -200,6 +201,8 @@ def _emergence_order(records: list[dict], metrics: tuple[str, ...]) -> list[dict
 def create_run(cfg: ExperimentConfig, root: Optional[Path] = None, run_id: Optional[str] = None) -> RunStore:
     """A new run directory holding `cfg` (status "created"), catalogued; nothing trained yet."""
     resolve_device(cfg.train.device)  # a device this machine lacks fails before anything is created
+    if cfg.train.data_streams > 1:
+        distributed.check_distributable(cfg)
     if cfg.train.init_from:  # a missing source, checkpoint or shape mismatch fails before anything is created
         load_initial_weights(cfg.make_model(), cfg.train.init_from, root)
     files = {"config.json": cfg.to_dict(), "task.json": cfg.make_task().describe()}
@@ -239,6 +242,8 @@ def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None) -> Path:
     """Train `cfg` in a new run directory; return its path (see `run_ensemble` for train.ensemble > 1)."""
     if cfg.train.ensemble > 1:
         raise ConfigError("train.ensemble > 1 makes several runs: use caplab.run_ensemble")
+    if distributed.launched():
+        return _train_distributed(cfg, lambda cfg: create_run(cfg, root), restore=False)
     return train_run(create_run(cfg, root))
 
 
@@ -246,6 +251,8 @@ def run_ensemble(cfg: ExperimentConfig, root: Optional[Path] = None) -> list[Pat
     """Train the `train.ensemble` members of `cfg` together, one run directory each; return their paths."""
     from caplab.train.ensemble import check_ensemble
 
+    if distributed.launched():
+        raise ConfigError("train.ensemble does not run under torchrun: an ensemble is one process")
     members = ensemble_members(cfg)
     check_ensemble(cfg)
     return train_ensemble([create_run(member, root) for member in members])
@@ -283,10 +290,47 @@ def resume_run(name: str, root: Optional[Path] = None) -> Path:
     store = RunStore.open(name, root)
     if store.info()["status"] == "completed":  # nothing to continue; its files and status stay as they are
         return store.path
-    if not store.manifest()["checkpoints"]:
+    restore = bool(store.manifest()["checkpoints"])
+    if distributed.launched():
+        return _train_distributed(store.experiment_config(), lambda cfg: store, restore)
+    if not restore:
         return train_run(store)
     cfg = store.experiment_config()
     return _train(store, cfg, Catalog(store.path.parent), restore=True)
+
+
+def _train_distributed(cfg: ExperimentConfig, open_run: Callable[[ExperimentConfig], RunStore], restore: bool) -> Path:
+    """One run trained by every torchrun process: rank 0 makes (or opens) the run, owns it and writes it; the
+    other ranks train the same model on their share of the data streams and write nothing."""
+    distributed.init(cfg.train.device)
+    if cfg.train.data_streams == 1 and not restore:  # a new run: one stream per process (saved in its config)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, data_streams=distributed.world_size()))
+    distributed.local_streams(cfg.train.data_streams)  # a world size that cannot share the streams fails on every rank
+    store, error = None, None
+    if distributed.rank() == 0:
+        try:
+            store = open_run(cfg)
+        except CaplabError as exc:
+            error = exc
+    path, message = distributed.broadcast((str(store.path) if store else None, str(error) if error else None))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise CaplabError(f"rank 0: {message}")
+    if store is not None:
+        return _train(store, store.experiment_config(), Catalog(store.path.parent), restore)
+    follower = RunStore(Path(path))
+    cfg = follower.experiment_config()
+    if restore:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=None))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress="never"))
+    _, _, trainer = build(cfg, None, follower.path.parent)
+    if restore:
+        trainer.restore(*follower.load_training_state())
+        kept = [r for r in follower.metrics() if r["step"] <= trainer.step]
+        trainer.last_record = kept[-1] if kept else {}
+    trainer.fit()
+    return follower.path
 
 
 def load_model(name: str, step: Optional[int] = None, root: Optional[Path] = None) -> tuple[torch.nn.Module, ExperimentConfig]:

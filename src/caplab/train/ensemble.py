@@ -47,6 +47,8 @@ def check_ensemble(experiment) -> None:
 def _check_shape(train_cfg) -> None:
     if train_cfg.optimizer not in ("adamw", "sgd"):
         raise ConfigError(f"train.ensemble supports train.optimizer=adamw or sgd, not {train_cfg.optimizer!r}")
+    if train_cfg.data_streams > 1:
+        raise ConfigError("train.ensemble does not combine with train.data_streams > 1")
     if train_cfg.compile:
         raise ConfigError("train.ensemble does not combine with train.compile")
     if train_cfg.stop_at is not None or train_cfg.max_flops is not None:  # members would stop at different steps

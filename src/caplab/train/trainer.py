@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from caplab.errors import ConfigError, TrainingDiverged
 from caplab.tasks.base import Task
+from caplab.train import distributed
 from caplab.train import state as train_state
 from caplab.train.optim import build_optimizer, warmup_cosine
 from caplab.train.flops import model_step_flops
@@ -76,6 +77,7 @@ class TrainConfig:
     max_flops: Optional[float] = None  # stop once the training FLOPs (MAT's estimates included) reach this cap
     ensemble: int = 1  # N > 1: train seeds seed .. seed+N-1 at once (caplab.train.ensemble), one run each
     ensemble_worlds: bool = False  # ensemble members also take worlds task.seed + i
+    data_streams: int = 1  # the batch drawn from this many seeded streams (caplab.train.distributed; torchrun: the world size)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
@@ -106,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"bad value {self.device!r} for 'train.device'; valid: auto, cpu, cuda, cuda:N, mps")
         if self.ensemble < 1:
             raise ValueError(f"train.ensemble must be at least 1, got {self.ensemble}")
+        if self.data_streams < 1:
+            raise ValueError(f"train.data_streams must be at least 1, got {self.data_streams}")
         if self.max_flops is not None and self.max_flops <= 0:
             raise ValueError(f"train.max_flops must be positive, got {self.max_flops}")
 
@@ -145,8 +149,11 @@ class Store(Protocol):
 
 def resolve_device(name: str) -> torch.device:
     """The torch device of `train.device`; ConfigError if this machine does not have it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "auto" or (name == "cuda" and distributed.launched()):  # under torchrun: this rank's GPU
+        if torch.cuda.is_available():
+            return torch.device("cuda", distributed.local_rank() if distributed.launched() else torch.cuda.current_device())
+        if name == "auto":
+            return torch.device("cpu")
     if name.startswith("cuda"):
         index = int(name.partition(":")[2] or 0)
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
@@ -175,7 +182,14 @@ class Trainer:
         self.model = model.to(self.device)
         # a plug-in: the caller's optimizer, or the one train.optimizer names (caplab.train.optim.OPTIMIZERS)
         self.optimizer = optimizer if optimizer is not None else build_optimizer(self.model, cfg, self.device)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        # the batch's data streams this process draws (all of them, unless torchrun shares them out)
+        self.streams = distributed.local_streams(cfg.data_streams)
+        self.generators = [torch.Generator(device=self.device).manual_seed(distributed.stream_seed(cfg.seed, s))
+                           for s in self.streams]
+        self.generator = self.generators[0]
+        if cfg.batch_size % cfg.data_streams:
+            raise ConfigError(f"train.batch_size={cfg.batch_size} must be a multiple of train.data_streams={cfg.data_streams}")
+        self.stream_batch = cfg.batch_size // cfg.data_streams
         self.step = 0
         self.unit = task.unit  # tokens, images, ...: what `units_per_step` and the logged data count
         self.units_per_step = cfg.batch_size * task.units_per_sample
@@ -186,6 +200,11 @@ class Trainer:
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         self.last_record: dict = {}
         self.forward = torch.compile(model) if cfg.compile else model
+        if distributed.world_size() > 1:  # gradients averaged over ranks: the mean of the streams' objectives
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.forward, device_ids=ids)
         self._held_out = None
         self.restored = False
         self.eval_seconds = 0.0
@@ -227,7 +246,9 @@ class Trainer:
         """(model tensors, optimizer + RNG tensors, metadata) for a checkpoint."""
         model = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         optim, meta = train_state.optimizer_to_tensors(self.optimizer)
+        streams = distributed.gather_states({s: g.get_state() for s, g in zip(self.streams, self.generators)})
         extra = {**optim, **train_state.rng_to_tensors(self.generator)}
+        extra.update({f"rng.data.{s}": state for s, state in streams.items() if s > 0})  # stream 0 is rng.data
         if hasattr(self.task, "data_state"):  # e.g. a finite corpus's place in its epoch
             extra.update({f"task.{k}": v for k, v in self.task.data_state().items()})
         meta = {**meta, "step": self.step, "flops_spent": self.flops_spent}
@@ -241,6 +262,11 @@ class Trainer:
         self.model.load_state_dict(model)
         train_state.optimizer_from_tensors(self.optimizer, extra, meta)
         train_state.rng_from_tensors(self.generator, extra)
+        for stream, generator in zip(self.streams, self.generators):
+            key = "rng.data" if stream == 0 else f"rng.data.{stream}"
+            if key not in extra:
+                raise ConfigError(f"the checkpoint has no state for data stream {stream} (was train.data_streams changed?)")
+            generator.set_state(extra[key])
         if hasattr(self.task, "load_data_state"):
             self.task.load_data_state({k[len("task."):]: v for k, v in extra.items() if k.startswith("task.")})
         self.step = int(meta["step"])
@@ -261,11 +287,14 @@ class Trainer:
     def train_step(self) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.step) * group.get("lr_scale", 1.0)
-        batch = self.task.sample(self.cfg.batch_size, self.generator, self.device)
-        if hasattr(self.task, "observe"):
-            self.task.observe(batch)
-        loss = self.loss(batch)
-        value = loss.item()
+        if len(self.generators) == 1:
+            batch = self.task.sample(self.stream_batch, self.generator, self.device)
+            if hasattr(self.task, "observe"):
+                self.task.observe(batch)
+            loss = self.loss(batch)
+        else:  # the mean of the streams' objectives, as torchrun's ranks compute it between them
+            loss = sum(self.loss(self.task.sample(self.stream_batch, g, self.device)) for g in self.generators) / len(self.generators)
+        value = distributed.mean_over_ranks(loss).item()
         if value != value or value in (float("inf"), float("-inf")):
             raise TrainingDiverged(f"loss became {value} at step {self.step}; training stopped, the last good checkpoint is kept")
         self.optimizer.zero_grad(set_to_none=True)
@@ -303,9 +332,10 @@ class Trainer:
                 value = self.last_record.get(key)
                 if isinstance(value, float) and not math.isfinite(value):
                     raise TrainingDiverged(f"{key} is {value} at step {self.step}; the last good checkpoint is kept")
-        if self.store is not None:
+        if self.store is not None or distributed.world_size() > 1:  # every rank hands rank 0 its streams' state
             model, extra, meta = self.state_tensors()
-            self.store.save_checkpoint(self.step, self.step * self.units_per_step, model, extra, meta)
+            if self.store is not None:
+                self.store.save_checkpoint(self.step, self.step * self.units_per_step, model, extra, meta)
         self._fire("on_checkpoint", step=self.step)
 
     def _eval_and_log(self, train_loss: Optional[float], fit_start: float) -> dict:

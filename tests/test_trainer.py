@@ -93,6 +93,37 @@ def test_nan_loss_stops_with_a_clear_error():
         trainer.fit()
 
 
+def test_the_device_side_guard_stops_within_its_window_and_keeps_the_last_good_checkpoint(tmp_path):
+    """With the loss read every 4 steps (as on CUDA), a NaN at step 5 stops training by the check at step 8,
+    before any evaluation or checkpoint of a bad state."""
+    from caplab.experiment import _StoreSink
+    from caplab.runs.catalog import Catalog
+    from caplab.runs.store import RunStore
+    from caplab.experiment import create_run
+
+    cfg = load_config("demo", TINY + ["train.finite_check_every=4", "train.checkpoint_every=2", "train.eval_every=2",
+                                      "train.log_spaced=false"])
+    store = create_run(cfg, tmp_path)
+    _, model, trainer = build(cfg, _StoreSink(store, Catalog(tmp_path)))
+    assert trainer.check_every == 4
+    reads = []
+    trainer.add_callback("on_step_end", lambda t, loss: reads.append(loss))
+
+    def poison(t, loss):
+        if t.step == 5:
+            with torch.no_grad():
+                model.ln_final.weight.fill_(float("nan"))
+
+    trainer.add_callback("on_step_end", poison)
+    with pytest.raises(TrainingDiverged, match="between step 4 and step 6"):
+        trainer.fit()  # the evaluation due at step 6 checks first
+    assert all(torch.is_tensor(r) for r in reads)  # the loss stayed on the device between checks
+    saved = RunStore(store.path)
+    assert [c["step"] for c in saved.manifest()["checkpoints"]] == [0, 2, 4]
+    weights, _ = saved.load_weights()
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
 def test_make_task_overrides():
     task = make_task("compositions", n_depths=2, n_functions=1, n_train_compositions=2)
     assert len(task.inorder) == 4

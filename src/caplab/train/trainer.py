@@ -11,6 +11,7 @@ restored from a checkpoint to continue exactly where it stopped.
 Callback events, each called as `fn(trainer, **info)`:
     on_train_start, on_backward_end (gradients ready, before clipping and the optimizer step),
     on_optimizer_step_end, on_step_end(loss), on_eval(record), on_checkpoint(step), on_train_end(record)
+(`loss`: a float, or a 0-d device tensor where `train.finite_check_every` > 1, e.g. on CUDA; float() reads it)
 
 Plug-ins (`add_plugin`: modular adaptive training, diagnostics; built from
 their config sections by `caplab.train.plugins.attach_plugins`) use these
@@ -78,6 +79,7 @@ class TrainConfig:
     ensemble: int = 1  # N > 1: train seeds seed .. seed+N-1 at once (caplab.train.ensemble), one run each
     ensemble_worlds: bool = False  # ensemble members also take worlds task.seed + i
     data_streams: int = 1  # the batch drawn from this many seeded streams (caplab.train.distributed; torchrun: the world size)
+    finite_check_every: int = 0  # the NaN/inf guard reads the loss every N steps (0: every step on CPU, every 16 on CUDA)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "eval_batch_size"):
@@ -108,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"bad value {self.device!r} for 'train.device'; valid: auto, cpu, cuda, cuda:N, mps")
         if self.ensemble < 1:
             raise ValueError(f"train.ensemble must be at least 1, got {self.ensemble}")
+        if self.finite_check_every < 0:
+            raise ValueError(f"train.finite_check_every must be non-negative, got {self.finite_check_every}")
         if self.data_streams < 1:
             raise ValueError(f"train.data_streams must be at least 1, got {self.data_streams}")
         if self.max_flops is not None and self.max_flops <= 0:
@@ -206,6 +210,11 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.forward, device_ids=ids)
         self._held_out = None
+        # the NaN/inf guard: a device-side flag read every `check_every` steps (reading the loss each step would
+        # make the host wait for the GPU every step), and always before an evaluation or a checkpoint
+        self.check_every = cfg.finite_check_every or (16 if self.device.type == "cuda" else 1)
+        self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._checked_at = 0
         self.restored = False
         self.eval_seconds = 0.0
         self.plugins: dict[str, object] = {}  # MAT, diagnostics (caplab.train.plugins): add_plugin
@@ -294,9 +303,13 @@ class Trainer:
             loss = self.loss(batch)
         else:  # the mean of the streams' objectives, as torchrun's ranks compute it between them
             loss = sum(self.loss(self.task.sample(self.stream_batch, g, self.device)) for g in self.generators) / len(self.generators)
-        value = distributed.mean_over_ranks(loss).item()
-        if value != value or value in (float("inf"), float("-inf")):
-            raise TrainingDiverged(f"loss became {value} at step {self.step}; training stopped, the last good checkpoint is kept")
+        value = distributed.mean_over_ranks(loss).detach()
+        if self.check_every == 1:  # read now, before the step: the exact step is named
+            value = value.item()
+            if value != value or value in (float("inf"), float("-inf")):
+                raise TrainingDiverged(f"loss became {value} at step {self.step}; training stopped, the last good checkpoint is kept")
+        else:
+            self._nonfinite |= ~torch.isfinite(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self._fire("on_backward_end")
@@ -307,7 +320,16 @@ class Trainer:
         if self.flops_per_step is not None:
             self.flops_spent += self.flops_this_step()
         self.step += 1
+        if self.step % self.check_every == 0:
+            self.check_finite()
         return value
+
+    def check_finite(self) -> None:
+        """Raise TrainingDiverged if a loss since the last check was NaN or infinite (one read of a device flag)."""
+        if self.check_every > 1 and bool(self._nonfinite):
+            raise TrainingDiverged(f"the loss became NaN or infinite between step {self._checked_at} and step {self.step}; "
+                                   "training stopped, the last good checkpoint is kept")
+        self._checked_at = self.step
 
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -324,6 +346,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Save a checkpoint, only of a good state: finite weights, and finite losses where this step was evaluated."""
+        self.check_finite()
         for name, param in self.model.named_parameters():
             if not torch.isfinite(param).all():
                 raise TrainingDiverged(f"parameter {name} is not finite at step {self.step}; the last good checkpoint is kept")
@@ -338,14 +361,15 @@ class Trainer:
                 self.store.save_checkpoint(self.step, self.step * self.units_per_step, model, extra, meta)
         self._fire("on_checkpoint", step=self.step)
 
-    def _eval_and_log(self, train_loss: Optional[float], fit_start: float) -> dict:
+    def _eval_and_log(self, train_loss, fit_start: float) -> dict:
+        self.check_finite()
         record = {"step": self.step, self.unit: self.step * self.units_per_step, "lr": self.lr_at(max(self.step - 1, 0))}
         if self.flops_per_step is not None:
             record["flops"] = self.flops_spent
         for plugin in self.plugins.values():
             record.update(plugin.record())
         if train_loss is not None:
-            record["train_loss"] = train_loss
+            record["train_loss"] = float(train_loss)  # a device tensor where the guard reads it only every few steps
         if hasattr(self.task, "data_metrics"):
             record.update(self.task.data_metrics())
         started = time.perf_counter()
@@ -408,7 +432,7 @@ class Trainer:
                 now = time.perf_counter()
                 if now - window_start > 1.0:
                     rate = (self.step - window_step) * self.units_per_step / (now - window_start)
-                    bar.set_postfix({f"{self.unit}/s": f"{rate:,.0f}", "loss": f"{last_loss:.3f}", **self._headline(self.last_record)})
+                    bar.set_postfix({f"{self.unit}/s": f"{rate:,.0f}", "loss": f"{float(last_loss):.3f}", **self._headline(self.last_record)})
                     window_start, window_step = now, self.step
         finally:
             bar.close()

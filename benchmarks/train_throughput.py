@@ -8,8 +8,10 @@ so that machine noise hits both alike. Three pairings are timed:
     bf16 / bf16    both under bf16 autocast
     bf16 / fp32    caplab with `train.precision=bf16` against HF's default
 
-Prints tokens/s of each, the ratios caplab / HF, and caplab's achieved
-GFLOP/s (6 N + 12 L T d FLOPs per token).
+Prints tokens/s of each, the ratios caplab / HF, caplab's achieved
+GFLOP/s (6 N + 12 L T d FLOPs per token) and, on a GPU, the model FLOPs
+utilisation (MFU: achieved / the device's dense bf16 peak, `--peak-tflops`,
+looked up for known GPUs).
 
     python benchmarks/train_throughput.py              # the tiny default shape
     python benchmarks/train_throughput.py --d-model 256 --n-layers 4 --device cuda
@@ -64,6 +66,17 @@ def time_steps(step, batches, device) -> float:
     return time.perf_counter() - start
 
 
+# dense bf16 tensor-core peaks (vendor data sheets), for MFU
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0, "4090": 165.0}
+
+
+def peak_tflops(device: torch.device, given) -> float | None:
+    if given or device.type != "cuda":
+        return given
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-layers", type=int, default=2)
@@ -75,6 +88,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round and model")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak for MFU (default: known GPUs)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -110,8 +124,10 @@ def main() -> None:
     print(f"shape: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, vocab {cfg.d_vocab}, context {cfg.n_ctx}, "
           f"batch {args.batch_size}; params caplab {n_ours:,} / HF {n_theirs:,}; device {device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")
+    peak = peak_tflops(device, args.peak_tflops)
     for name, value in rate.items():
-        print(f"{name:<12} {value:>12,.0f} tokens/s   ({value * flops_per_token / 1e9:.1f} GFLOP/s)")
+        mfu = f", MFU {value * flops_per_token / (peak * 1e12):.1%}" if peak else ""
+        print(f"{name:<12} {value:>12,.0f} tokens/s   ({value * flops_per_token / 1e9:.1f} GFLOP/s{mfu})")
     for ours_p, theirs_p in (("fp32", "fp32"), ("bf16", "bf16"), ("bf16", "fp32")):
         print(f"ratio caplab {ours_p} / HF {theirs_p}: {rate[f'caplab {ours_p}'] / rate[f'HF {theirs_p}']:.2f}x")
 

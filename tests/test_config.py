@@ -44,6 +44,13 @@ def test_model_kinds_fit_their_tasks():
     assert load_config("shapes", ["train.ensemble=2"]).train.ensemble == 2  # every model kind ensembles
 
 
+def test_integral_numbers_in_scientific_notation_fill_integer_fields():
+    assert load_config("demo", ["train.steps=1e5"]).train.steps == 100_000
+    assert load_config("demo", ["train.steps=2.0e3"]).train.steps == 2000
+    with pytest.raises(ConfigError, match="bad value 1.5e3 for 'train.steps'; expected an integer|bad value 1500.5"):
+        load_config("demo", ["train.steps=1.5005e3"])
+
+
 def test_overrides_set_typed_fields():
     cfg = load_config("demo", ["train.steps=2000", "train.seed=1", "train.batch_size=8", "model.d_model=64",
                                "task.n_depths=4", "train.lr=3e-4", "task.permutation_depths=[0]"])

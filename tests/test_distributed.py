@@ -55,19 +55,53 @@ def test_two_processes_give_the_one_process_curve_of_the_same_streams(tmp_path):
     assert all(torch.allclose(ours[k], theirs[k], atol=1e-5) for k in theirs)
 
 
-def test_a_one_process_checkpoint_resumes_on_two_processes(tmp_path):
+def _as_interrupted_at_4(store: RunStore) -> None:
+    """A completed 4-step run made into an 8-step run stopped at step 4 (the learning rate is constant, so 4 steps
+    of an 8-step run are a 4-step run)."""
+    config = store.config_dict()
+    config["train"]["steps"] = 8
+    atomic_write_json(store.path / "config.json", config)
+    store.set_status("interrupted")
+
+
+def test_checkpoints_resume_across_world_sizes(tmp_path):
     constant = SMALL + ["train.data_streams=2", "train.warmup_steps=0", "train.min_lr=1e-3", "train.lr=1e-3"]
     straight = RunStore(run_experiment(load_config("demo", constant), tmp_path / "straight"))
-    # the same run stopped at step 4 (the learning rate is constant, so 4 steps of an 8-step run are a 4-step run)
-    stopped = RunStore(run_experiment(load_config("demo", constant + ["train.steps=4"]), tmp_path / "stopped"))
-    config = stopped.config_dict()
-    config["train"]["steps"] = 8
-    atomic_write_json(stopped.path / "config.json", config)
-    stopped.set_status("interrupted")
-    result = torchrun("resume", stopped.run_id, root=tmp_path / "stopped")
+    # a one-process checkpoint, resumed on two processes
+    stopped = RunStore(run_experiment(load_config("demo", constant + ["train.steps=4"]), tmp_path / "one"))
+    _as_interrupted_at_4(stopped)
+    result = torchrun("resume", stopped.run_id, root=tmp_path / "one")
     assert result.returncode == 0, result.stderr[-3000:]
     assert RunStore(stopped.path).info()["status"] == "completed"
     assert close(RunStore(stopped.path).metrics(), straight.metrics())
+    # a two-process checkpoint, resumed on one process
+    result = torchrun("run", "demo", *_sets(constant + ["train.steps=4"]), root=tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    stopped = _only_run(tmp_path / "two")
+    _as_interrupted_at_4(stopped)
+    resumed = caplab("resume", stopped.run_id, root=tmp_path / "two")
+    assert resumed.returncode == 0, resumed.stderr
+    assert close(RunStore(stopped.path).metrics(), straight.metrics())
+
+
+def test_two_streams_per_process_and_an_early_stop_agree_across_processes(tmp_path):
+    """4 streams on 2 processes (two forwards per rank before one backward), stopping at a held-out level that
+    rank 0 reads and every rank obeys: the one-process run of 4 streams stops at the same step with the same curve."""
+    four = SMALL + ["train.data_streams=4", "train.steps=16"]
+    probe = RunStore(run_experiment(load_config("demo", four), tmp_path / "probe"))
+    level = next(r["eval_loss"] for r in probe.metrics() if r["step"] == 8) + 1e-6
+    stop = four + [f"train.stop_at={level}"]
+    result = torchrun("run", "demo", *_sets(stop), root=tmp_path / "ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = _only_run(tmp_path / "ddp")
+    alone = RunStore(run_experiment(load_config("demo", stop), tmp_path / "one"))
+    assert alone.metrics()[-1]["step"] <= 8 and close(ddp.metrics(), alone.metrics())  # stopped early, both alike
+
+
+def test_sweeps_and_studies_are_refused_under_torchrun(tmp_path):
+    result = torchrun("sweep", "demo", "--grid", "task.n_train_compositions=6,8", root=tmp_path)
+    assert result.returncode != 0 and "does not run under torchrun" in result.stderr
+    assert not (tmp_path / "sweeps").exists()
 
 
 def test_streams_that_two_processes_cannot_share_are_refused(tmp_path):

@@ -47,7 +47,9 @@ IMAGE_TINY = ["task.image_size=12", "task.eval_samples=64", "train.steps=6", "tr
               "train.checkpoint_every=3", "train.warmup_steps=2", "train.eval_batch_size=16", "train.progress=never"]
 IMAGE_MODELS = {"mlp": "{kind: mlp, width: 32, depth: 2, norm: batch}",
                 "vgg": "{kind: vgg, width: 4, depth: 3, stages: 2, norm: batch}",
-                "resnet": "{kind: resnet, width: 4, depth: 8, stages: 3, norm: group, norm_groups: 2}"}
+                "resnet": "{kind: resnet, width: 4, depth: 8, stages: 3, norm: group, norm_groups: 2}",
+                # 0-d parameters (SkipInit's alpha, FRN's eps) in the stacked weights and the per-member clipping
+                "resnet-skipinit-frn": "{kind: resnet, width: 4, depth: 8, stages: 3, norm: frn, skipinit: true}"}
 
 
 def image_recipe(tmp_path, kind: str) -> str:

@@ -65,11 +65,27 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(tmp_path):
     assert states == ["COMPLETE"] * 3  # none lost, none asked twice
     entries = read_json(path / "sweep.json")["runs"]
     assert sorted(e["trial"] for e in entries) == [0, 1, 2]
+    rates = [t["params"]["train.lr"] for t in summary["search"]["trials"]]
+    assert len(set(rates)) == 3  # the resumed sampler did not replay the proposals made before the kill
     assert all(RunStore(tmp_path / e["run_id"]).info()["status"] == "completed" for e in entries)
 
 
-def test_a_trial_whose_runs_all_diverged_has_no_value():
-    assert trial_value([None, float("nan")]) is None and trial_value([1.0, None, 3.0]) == 2.0
+def test_a_trial_is_scored_only_when_every_seed_gave_a_value():
+    assert trial_value([None, float("nan")]) is None and trial_value([1.0, None, 3.0]) is None
+    assert trial_value([1.0, 3.0]) == 2.0 and trial_value([]) is None
+
+
+def test_a_resumed_search_does_not_replay_its_first_proposals(tmp_path):
+    from caplab.studies.search import _distributions, open_study
+
+    search = {"engine": "optuna", "space": SPACE, "trials": 4, "direction": "minimize", "sampler_seed": 0}
+    first = open_study(tmp_path, search)
+    asked = [first.ask(_distributions(SPACE)) for _ in range(2)]
+    for trial in asked:
+        first.tell(trial.number, 1.0)
+    again = open_study(tmp_path, search)  # as `caplab sweep --resume` opens it
+    later = [again.ask(_distributions(SPACE)).params["train.lr"] for _ in range(2)]
+    assert not set(later) & {t.params["train.lr"] for t in asked}
 
 
 @pytest.mark.parametrize("args,message", [

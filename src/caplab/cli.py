@@ -39,8 +39,9 @@ def cmd_demo(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from caplab.studies import sweep
+    from caplab.studies import refuse_under_torchrun, sweep
 
+    refuse_under_torchrun("sweep")
     if args.resume:
         path = sweep.open_sweep(args.resume, _root(args))
         if args.metric:  # finished runs are kept; only the aggregate changes

@@ -210,6 +210,11 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(f"bad value {value!r} for '{key}'; expected true or false")
         return value
     if annotation is int:
+        if isinstance(value, str):  # YAML 1.1 reads 1e5 as a string: an integral number is accepted
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, int) or isinstance(value, bool):

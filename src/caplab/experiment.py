@@ -310,10 +310,15 @@ def _train_distributed(cfg: ExperimentConfig, open_run: Callable[[ExperimentConf
     if distributed.rank() == 0:
         try:
             store = open_run(cfg)
-        except CaplabError as exc:
+            if store.info()["status"] == "completed":  # finished meanwhile: every rank stops here
+                error = "completed"
+        except BaseException as exc:  # any failure here reaches the other ranks, which would wait forever
             error = exc
-    path, message = distributed.broadcast((str(store.path) if store else None, str(error) if error else None))
-    if error is not None:
+    path, message = distributed.broadcast((str(store.path.resolve()) if store else None,
+                                           None if error is None else str(error)))
+    if message == "completed":
+        return Path(path)
+    if isinstance(error, BaseException):
         raise error
     if message is not None:
         raise CaplabError(f"rank 0: {message}")

@@ -40,7 +40,18 @@ def run_recipe(recipe: str, overrides: list[str] = (), root: Optional[Path] = No
     kind = recipe_kind(load_recipe(recipe)[1])
     if kind not in KINDS:
         raise ConfigError(f"bad value {kind!r} for 'kind'; valid: {', '.join(k for k in KINDS if k != 'sweep')}")
+    refuse_under_torchrun(kind)
     return kind_module(kind).execute(recipe, list(overrides), root)
+
+
+def refuse_under_torchrun(kind: str) -> None:
+    """torchrun trains one run over its processes; a sweep or study would run once per process."""
+    from caplab.errors import ConfigError
+    from caplab.train import distributed
+
+    if kind != "train" and distributed.launched():
+        raise ConfigError(f"a {kind} recipe does not run under torchrun (every process would run it all); spread its "
+                          "runs with caplab sweep --launcher ray|submitit|slurm, or give torchrun one training recipe")
 
 
 def locate(name: str, root: Optional[Path] = None) -> tuple[str, Path]:
@@ -62,4 +73,5 @@ def locate(name: str, root: Optional[Path] = None) -> tuple[str, Path]:
 def resume(name: str, root: Optional[Path] = None) -> list[str]:
     """Continue the run, sweep or study `name` from what is on disk; return the lines to print."""
     kind, path = locate(name, root)
+    refuse_under_torchrun(kind)
     return kind_module(kind).resume(path)

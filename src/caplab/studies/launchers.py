@@ -17,6 +17,7 @@ elsewhere can train a sweep. Each run is owned by the process training it
 
 from __future__ import annotations
 
+import math
 import shutil
 import socket
 from pathlib import Path
@@ -87,6 +88,7 @@ def launch(name: str, path: Path, groups: list[list[int]], workers: int = 1, add
            gpus_per_run: float = 0.0) -> None:
     """Complete every group of the sweep at `path` with launcher `name` (see the module docstring)."""
     check_launcher(name, workers)
+    path = Path(path).resolve()  # workers elsewhere (a Ray cluster, Slurm nodes) share the file system, not our cwd
     if name == "local":
         complete_groups(str(path), groups, threads=None)  # this process keeps its own thread settings
     elif name == "ray":
@@ -116,7 +118,7 @@ def _on_submitit(path: Path, groups: list[list[int]], workers: int, slurm_only: 
     import submitit
 
     executor = submitit.AutoExecutor(folder=Path(path) / "submitit", cluster="slurm" if slurm_only else None)
-    executor.update_parameters(timeout_min=24 * 60, cpus_per_task=1, gpus_per_node=int(gpus_per_run), nodes=1,
+    executor.update_parameters(timeout_min=24 * 60, cpus_per_task=1, gpus_per_node=math.ceil(gpus_per_run), nodes=1,
                                tasks_per_node=1, name=Path(path).name)
     shares = [groups[i::workers] for i in range(workers)]  # round-robin: each job a balanced share of groups
     jobs = [executor.submit(complete_groups, str(path), share) for share in shares if share]

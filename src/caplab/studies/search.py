@@ -94,8 +94,14 @@ def check_search(search: dict) -> None:
 
 
 def corner_settings(space: dict) -> list[dict]:
-    """The low and the high corner of the space (each choice's first and last value): configs to validate."""
-    return [{key: spec[1] if corner == 0 else spec[-1] for key, spec in space.items()} for corner in (0, 1)]
+    """Settings to validate before a search starts: the low and the high corner of the space, and every value
+    of each choice (the other knobs at their low end)."""
+    low = {key: spec[1] for key, spec in space.items()}
+    settings = [low, {key: spec[-1] for key, spec in space.items()}]
+    for key, (kind, *values) in space.items():
+        if kind == "choice":
+            settings += [{**low, key: value} for value in values[1:-1]]
+    return settings
 
 
 def _distributions(space: dict) -> dict:
@@ -130,15 +136,20 @@ def open_study(path: Path, search: dict):
     import optuna
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{Path(path).resolve() / 'optuna.sqlite'}")
-    sampler = optuna.samplers.TPESampler(seed=search.get("sampler_seed", 0), constant_liar=True)
-    return optuna.create_study(storage=storage, study_name=Path(path).name, direction=search["direction"],
-                               sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=Path(path).name, direction=search["direction"],
+                                load_if_exists=True)
+    # the sampler's seed moves with the study's size: a resumed search does not replay the proposals it began with
+    seed = int(np.random.SeedSequence([search.get("sampler_seed", 0), len(study.get_trials(deepcopy=False))]).generate_state(1)[0])
+    study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    return study
 
 
 def trial_value(values: list[Optional[float]]) -> Optional[float]:
-    """A trial's value: the mean of its runs' finite reads (None when no run gave one: the trial failed)."""
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else None
+    """A trial's value: the mean of its runs' reads; None (the trial failed) when any seed has none (it diverged,
+    or its config was refused): a setting that fails on one seed is not scored on its lucky ones."""
+    if not values or any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return float(np.mean(values))
 
 
 def run_search(path: Path, sweep: dict, train_trials) -> None:

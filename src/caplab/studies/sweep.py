@@ -200,6 +200,8 @@ def set_sweep_metric(path: Path, metric: str) -> None:
     path = Path(path)
     with owning(path, "sweep"):
         sweep = read_json(path / "sweep.json")
+        if sweep.get("search"):  # Optuna was told values of the sweep's metric, in its direction
+            raise ConfigError("a searched sweep keeps the metric it was searched on; start a new search for another")
         cfg = load_config(sweep["recipe"], _entry_overrides(sweep, sweep["runs"][0]))
         check_metric_logged(cfg, metric, path.parent.parent)
         sweep["metric"] = metric
@@ -260,13 +262,21 @@ def _train_trials(path: Path, trials) -> dict[int, list]:
     """Train searched trials: `trials` {number: params} are new (their runs are added to the plan), a list of
     numbers are trials already planned. Returns {number: each run's final metric (None: no value)}."""
     sweep = read_json(path / "sweep.json")
+    reads: dict[int, list] = {number: [] for number in trials}
     if isinstance(trials, dict):
         for number, params in trials.items():
-            sweep["runs"] += [{"setting": params, "seed": seed, "run_id": None, "trial": number} for seed in range(sweep["seeds"])]
+            entries = [{"setting": params, "seed": seed, "run_id": None, "trial": number} for seed in range(sweep["seeds"])]
+            try:  # a proposal inside the space that a config check refuses is a failed trial, not a stuck search
+                for entry in entries:
+                    load_config(sweep["recipe"], _entry_overrides(sweep, entry))
+            except ConfigError as exc:
+                print(f"caplab sweep: trial {number} {params}: refused: {exc}", file=sys.stderr)
+                reads[number] = [None]
+                continue
+            sweep["runs"] += entries
     numbers = set(trials)
     indices = [i for i, entry in enumerate(sweep["runs"]) if entry.get("trial") in numbers]
     _train_entries(path, sweep, indices)
-    reads: dict[int, list] = {number: [] for number in numbers}
     runs_dir = path.parent.parent
     for i in indices:
         entry = sweep["runs"][i]

@@ -170,7 +170,7 @@ class EnsembleTrainer:
 
     def _clip_per_member(self, max_norm: float) -> None:
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norms = torch.stack([g.flatten(1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (N,)
+        norms = torch.stack([g.reshape(len(g), -1).float().pow(2).sum(1) for g in grads]).sum(0).sqrt()  # (N,); 0-d params too
         scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))

@@ -153,6 +153,9 @@ class Store(Protocol):
 
 def resolve_device(name: str) -> torch.device:
     """The torch device of `train.device`; ConfigError if this machine does not have it."""
+    if distributed.launched() and re.fullmatch(r"cuda:\d+", name):
+        raise ConfigError(f"train.device={name} under torchrun would put every process on one GPU; use cuda or auto "
+                          "(each process takes cuda:LOCAL_RANK)")
     if name == "auto" or (name == "cuda" and distributed.launched()):  # under torchrun: this rank's GPU
         if torch.cuda.is_available():
             return torch.device("cuda", distributed.local_rank() if distributed.launched() else torch.cuda.current_device())
@@ -204,6 +207,7 @@ class Trainer:
         self.callbacks: dict[str, list[Callable]] = defaultdict(list)
         self.last_record: dict = {}
         self.forward = torch.compile(model) if cfg.compile else model
+        self.local_forward = self.forward  # evaluation: this process alone (a DDP forward may call collectives)
         if distributed.world_size() > 1:  # gradients averaged over ranks: the mean of the streams' objectives
             from torch.nn.parallel import DistributedDataParallel
 
@@ -271,14 +275,16 @@ class Trainer:
         self.model.load_state_dict(model)
         train_state.optimizer_from_tensors(self.optimizer, extra, meta)
         train_state.rng_from_tensors(self.generator, extra)
+        saved_streams = 1 + sum(key.startswith("rng.data.") for key in extra)
+        if saved_streams != self.cfg.data_streams:
+            raise ConfigError(f"the checkpoint has {saved_streams} data streams, the config {self.cfg.data_streams}: "
+                              "train.data_streams cannot change when a run resumes")
         for stream, generator in zip(self.streams, self.generators):
-            key = "rng.data" if stream == 0 else f"rng.data.{stream}"
-            if key not in extra:
-                raise ConfigError(f"the checkpoint has no state for data stream {stream} (was train.data_streams changed?)")
-            generator.set_state(extra[key])
+            generator.set_state(extra["rng.data" if stream == 0 else f"rng.data.{stream}"])
         if hasattr(self.task, "load_data_state"):
             self.task.load_data_state({k[len("task."):]: v for k, v in extra.items() if k.startswith("task.")})
         self.step = int(meta["step"])
+        self._checked_at = self.step
         self.flops_spent = int(meta.get("flops_spent", 0))
         for name, plugin in self.plugins.items():
             if hasattr(plugin, "load_state_dict"):
@@ -340,7 +346,10 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         with self.autocast():
-            record = {"eval_loss": self.loss(self._held_out).item(), **self.task.evaluate(self.model, self.device)}
+            outputs = self.local_forward(self._held_out.inputs)
+        record = {"eval_loss": self.task.loss(outputs, self._held_out).item()}
+        with self.autocast():
+            record.update(self.task.evaluate(self.model, self.device))
         self.model.train(was_training)
         return record
 
@@ -373,7 +382,10 @@ class Trainer:
         if hasattr(self.task, "data_metrics"):
             record.update(self.task.data_metrics())
         started = time.perf_counter()
-        record.update(self.evaluate())
+        if distributed.world_size() > 1:  # rank 0 evaluates; every rank then reads the same record (and stops alike)
+            record.update(distributed.broadcast(self.evaluate() if distributed.rank() == 0 else None))
+        else:
+            record.update(self.evaluate())
         self.eval_seconds += time.perf_counter() - started
         record["elapsed_s"] = round(time.perf_counter() - fit_start, 3)  # wall time of this fit, this evaluation included
         record["eval_s"] = round(self.eval_seconds, 3)  # of which spent evaluating

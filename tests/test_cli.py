@@ -27,6 +27,31 @@ def test_run_prints_the_run_directory_last(cli_run):
     assert json.loads((store.path / "config.json").read_text())["train"]["steps"] == 24
 
 
+def test_run_names_its_id_at_the_start_and_its_headline_at_the_end(cli_run):
+    root, result = cli_run
+    run_id = RunStore.open(result.stdout.strip().splitlines()[-1]).run_id
+    assert f"caplab: run {run_id}: training demo" in result.stderr
+    headline = result.stdout.strip().splitlines()[-2]
+    assert headline.startswith(f"{run_id}: step 24") and "eval_loss" in headline and "unseen_exact" in headline
+
+
+def test_an_interrupted_run_names_itself_in_the_resume_hint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    longer = [*_sets(TINY), "--set", "train.steps=100000", "--root", str(tmp_path)]
+    process = subprocess.Popen([sys.executable, "-m", "caplab", "run", "demo", *longer], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob("*/checkpoints/*.safetensors")):
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    run_id = next(p.name for p in tmp_path.iterdir() if (p / "run.json").is_file())
+    assert process.returncode == 143 and f"resume with `caplab resume {run_id}`" in stderr
+
+
 def test_runs_show_and_report(cli_run, tmp_path):
     root, result = cli_run
     run_dir = result.stdout.strip().splitlines()[-1]
@@ -112,6 +137,8 @@ def test_demo_trains_both_formats_on_one_split_and_prints_the_table(tmp_path):
     runs = sorted(p for p in tmp_path.iterdir() if (p / "run.json").is_file())
     formats = sorted(json.loads((p / "config.json").read_text())["task"]["format"] for p in runs)
     assert formats == ["direct", "step_by_step"]
+    listed = caplab("runs", "--recipe", "demo", root=tmp_path)  # both runs are the demo recipe's
+    assert sum(p.name in listed.stdout for p in runs) == 2
     splits = {json.dumps(json.loads((p / "task.json").read_text())["train_compositions"]) for p in runs}
     assert len(splits) == 1  # the same training compositions for both formats
 

@@ -1,7 +1,8 @@
 import pytest
 
 from caplab import ConfigError, load_config
-from caplab.config import apply_overrides, config_from_json, load_recipe, recipe_kind, recipe_names
+from caplab.config import apply_overrides, config_from_json, load_recipe, recipe_kind
+from caplab.recipe_files import recipe_names
 from caplab.studies.percolation import load_percolation_config
 
 

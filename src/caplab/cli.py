@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -140,7 +141,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_recipes(args) -> None:
-    from caplab.config import recipe_description, recipe_names
+    from caplab.recipe_files import recipe_description, recipe_names
 
     names = recipe_names()
     width = max(map(len, names))
@@ -155,6 +156,9 @@ def format_table(rows: list[list[str]]) -> str:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="caplab", description="caplab: controlled experiments on how capabilities emerge, compose and change.")
+    from caplab import __version__
+
+    parser.add_argument("--version", action="version", version=f"caplab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def with_root(p):
@@ -238,8 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     except CaplabError as exc:
         print(f"caplab: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `caplab runs | head`: the reader has what it wanted; end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0
     except (KeyboardInterrupt, Terminated) as exc:
-        print("caplab: interrupted; resume with `caplab resume RUN`", file=sys.stderr)
+        runs = " ".join(getattr(exc, "caplab_runs", [])) or "RUN"
+        print(f"caplab: interrupted; resume with `caplab resume {runs}`", file=sys.stderr)
         return 130 if isinstance(exc, KeyboardInterrupt) else 143
     except OSError as exc:  # a full disk, a read-only folder, a missing permission: the OS's words, one line
         where = f": {exc.filename}" if exc.filename else ""

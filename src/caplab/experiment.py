@@ -121,6 +121,7 @@ def _marking_failures(stores: list[RunStore], catalog: Catalog):
         raise
     except BaseException as exc:  # Ctrl-C or a bug: the checkpoints stay resumable
         _mark(stores, catalog, "interrupted", f"{type(exc).__name__}: {exc}")
+        exc.caplab_runs = [store.run_id for store in stores]  # for the CLI's "resume with caplab resume RUN"
         raise
 
 

@@ -50,8 +50,8 @@ UPSERT_RUN = ("INSERT OR REPLACE INTO runs (run_id, recipe, status, created, upd
 class Catalog:
     """The run catalog at `<runs root>/catalog.sqlite`.
 
-    `for_reading` opens it for commands that only read: on a read-only archive it falls back to a private
-    copy scanned from the run directories, so reading never needs write access.
+    `for_reading` opens it for commands that only read: where there is none yet, or on a read-only archive, it
+    falls back to a private copy scanned from the run directories, so reading never writes.
     """
 
     def __init__(self, root: Optional[Path] = None, path: Optional[Path] = None) -> None:
@@ -66,7 +66,10 @@ class Catalog:
     def for_reading(cls, root: Optional[Path] = None) -> "Catalog":
         """The catalog of `root`, or, where it cannot be written (a read-only archive), one scanned into a
         temporary file from the run directories."""
+        root_path = Path(root) if root is not None else runs_root()
         try:
+            if not (root_path / CATALOG_FILE).is_file():  # nothing catalogued here: read without creating a file
+                raise FileNotFoundError(root_path / CATALOG_FILE)
             return cls(root)
         except (OSError, sqlite3.Error):
             scratch = tempfile.TemporaryDirectory(prefix="caplab-catalog-")

@@ -37,17 +37,34 @@ class _Readable:
         return self._config
 
 
-def _label(store: RunStore) -> str:
-    """Recipe name plus the run id's random suffix: short, and unique among overlaid runs."""
-    info = store.info()
-    return f"{info['recipe']} ({info['run_id'][-4:]})"
+def _labels(stores: list[RunStore]) -> list[str]:
+    """Recipe name, the config values that differ among the overlaid runs (at most two, e.g. task.format=direct),
+    and the run id's random suffix: short, and unique among overlaid runs."""
+    flat = [_flatten(s.config_dict()) if (s.path / "config.json").is_file() else {} for s in stores]
+    differing = [k for k in sorted(set().union(*flat)) if k != "recipe" and len({repr(f.get(k)) for f in flat}) > 1]
+    labels = []
+    for store, config in zip(stores, flat):
+        info = store.info()
+        shown = " ".join(f"{k}={config.get(k)}" for k in differing[:2])
+        labels.append(f"{info['recipe']}{' ' + shown if shown and len(stores) > 1 else ''} ({info['run_id'][-4:]})")
+    return labels
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
     """Write the PNG figures for `stores` into `out_dir/figures`; return their paths."""
     figures = Path(out_dir) / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    runs = [(_label(s), s.metrics()) for s in stores]
+    runs = list(zip(_labels(stores), [s.metrics() for s in stores]))
     paths = []
 
     fig, ax = plots.step_axes("loss", "the task's objective (held-out and training)")

@@ -8,7 +8,8 @@ from typing import Optional
 
 from caplab.config import load_config
 from caplab.errors import CaplabError
-from caplab.experiment import resume_run, run_ensemble, run_experiment
+from caplab.experiment import create_run, resume_run, run_ensemble, run_experiment, train_run
+from caplab.train import distributed
 from caplab.runs.store import RunStore
 
 
@@ -18,8 +19,19 @@ def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> l
         print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps), an ensemble of {cfg.train.ensemble} seeds",
               file=sys.stderr)
         return [str(path) for path in run_ensemble(cfg, root)]
-    print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
-    return [str(run_experiment(cfg, root))]
+    if distributed.launched():  # one run over torchrun's processes (rank 0 makes it)
+        return [str(run_experiment(cfg, root))]
+    store = create_run(cfg, root)
+    print(f"caplab: run {store.run_id}: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
+    return headline_lines(RunStore(train_run(store))) + [str(store.path)]
+
+
+def headline_lines(store: RunStore) -> list[str]:
+    """The run's final numbers, one line: step, held-out loss and the task's headline metrics."""
+    summary = store.summary()
+    shown = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None and k not in ("flops",)}
+    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v:,}" for k, v in shown.items()]
+    return [f"{store.run_id}: " + ", ".join(parts)] if parts else []
 
 
 def resume(path: Path) -> list[str]:

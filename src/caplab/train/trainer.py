@@ -22,6 +22,7 @@ also replaces `flops_this_step`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import re
 import time
@@ -43,6 +44,8 @@ from caplab.train.flops import model_step_flops
 EVENTS = ("on_train_start", "on_backward_end", "on_optimizer_step_end", "on_step_end", "on_eval", "on_checkpoint",
           "on_train_end")
 
+
+log = logging.getLogger(__name__)
 
 DEVICE_NAME = re.compile(r"auto|cpu|cuda|cuda:\d+|mps")
 
@@ -185,6 +188,9 @@ class Trainer:
     def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, store: Optional[Store] = None,
                  optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         self.task, self.cfg, self.store = task, cfg, store
+        if cfg.warmup_steps > cfg.steps:  # legal (a short test of a long recipe), but rarely meant
+            log.warning("caplab: warning: train.warmup_steps=%d is longer than train.steps=%d: the learning rate never "
+                        "reaches train.lr=%g", cfg.warmup_steps, cfg.steps, cfg.lr)
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         # a plug-in: the caller's optimizer, or the one train.optimizer names (caplab.train.optim.OPTIMIZERS)

@@ -124,6 +124,23 @@ def test_the_device_side_guard_stops_within_its_window_and_keeps_the_last_good_c
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_without_a_terminal_progress_is_plain_log_lines(caplog):
+    """stderr is not a terminal under pytest: no bar, one line per progress_every_s with step, rate, loss and ETA."""
+    cfg = load_config("demo", TINY + ["train.progress=auto", "train.progress_every_s=1e-9"])
+    _, _, trainer = build(cfg)
+    with caplog.at_level("INFO", logger="caplab"):
+        trainer.fit()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("caplab: step")]
+    assert len(lines) == cfg.train.steps
+    assert lines[-1].startswith("caplab: step 24/24 (100%)") and "tokens/s" in lines[-1] and lines[-1].endswith("ETA 0s")
+    assert "unseen_exact" in lines[-1] and "loss " in lines[-1]
+    caplog.clear()
+    _, _, quiet = build(load_config("demo", TINY))  # train.progress=never: nothing at all
+    with caplog.at_level("INFO", logger="caplab"):
+        quiet.fit()
+    assert not caplog.records
+
+
 def test_make_task_overrides():
     task = make_task("compositions", n_depths=2, n_functions=1, n_train_compositions=2)
     assert len(task.inorder) == 4

@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors import SafetensorError
 
     args = make_parser().parse_args(argv)
+    from caplab.console import configure_console
+
+    configure_console()  # caplab's log lines (progress, warnings) on stderr
     try:
         previous = signal.signal(signal.SIGTERM, _terminate)
     except ValueError:  # not the main thread (an embedding program): leave its handlers alone

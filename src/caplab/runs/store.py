@@ -20,11 +20,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
+import logging
 import math
+import os
 import secrets
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -35,6 +35,8 @@ from safetensors.torch import load_file, save_file
 
 from caplab.errors import CorruptCheckpoint, DamagedRun, RunNotFound
 from caplab.names import SAFE_NAME, check_name
+
+log = logging.getLogger(__name__)
 
 
 def runs_root() -> Path:
@@ -131,7 +133,7 @@ def read_or_note(read, default, damaged: list[str]):
 
 
 def warn(message: str) -> None:
-    print(f"caplab: warning: {message}", file=sys.stderr)
+    log.warning(f"caplab: warning: {message}")
 
 
 class RunStore:

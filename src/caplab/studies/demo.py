@@ -7,7 +7,7 @@ unseen-composition accuracy of each and writes one report overlaying both.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -16,13 +16,15 @@ from caplab.experiment import run_experiment
 from caplab.runs.report import write_report
 from caplab.runs.store import RunStore, now
 
+log = logging.getLogger(__name__)
+
 
 def run_demo(overrides: list[str] = (), root: Optional[Path] = None) -> dict:
     """Run both formats; return {format: final metrics record} and print the comparison."""
     finals, stores = {}, []
     for fmt in ("step_by_step", "direct"):
         cfg = load_config("demo", [*overrides, f"task.format={fmt}"])  # both runs are the demo recipe's (runs --recipe demo)
-        print(f"caplab demo: training the {fmt} model ({cfg.train.steps} steps)", file=sys.stderr)
+        log.info(f"caplab demo: training the {fmt} model ({cfg.train.steps} steps)")
         store = RunStore(run_experiment(cfg, root))
         stores.append(store)
         finals[fmt] = store.metrics()[-1]

@@ -35,7 +35,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
@@ -48,6 +48,8 @@ from caplab.config import ExperimentConfig, build_dataclass, load_recipe, merge_
 from caplab.errors import ConfigError
 from caplab.runs.store import RunStore, atomic_write_json, read_json
 from caplab.studies.folder import complete, new_folder, reserve_all, run_and_report
+
+log = logging.getLogger(__name__)
 
 SECTIONS = ("pretrain", "finetune", "reverse", "swapped")
 
@@ -226,7 +228,7 @@ def run_study(path: Path) -> dict:
     cfg = build_dataclass(FinetuneStudyConfig, study["study"], "study")
     reserve_all(path / "study.json", study, [(stage, "run_id", stage["recipe"]["recipe"]) for stage in study["stages"]])
     _in_parallel(_run_chain, path, _chains(study), cfg.workers)
-    print("caplab study: instruments (pruning, probes, attention)", file=sys.stderr)
+    log.info("caplab study: instruments (pruning, probes, attention)")
     summary = analyse(study, cfg, path.parent.parent, _in_parallel(_analyse_chain_of, path, _chains(study), cfg.workers))
     atomic_write_json(path / "summary.json", summary)
     from caplab.studies.finetune_report import write_finetune_report
@@ -247,7 +249,10 @@ def _in_parallel(fn, path: Path, chains: list[tuple], workers: int) -> list:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(min(workers, len(chains)), mp_context=multiprocessing.get_context("spawn")) as pool:
+    from caplab.console import configure_console
+
+    with ProcessPoolExecutor(min(workers, len(chains)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=configure_console) as pool:
         return [future.result() for future in [pool.submit(fn, path, chain) for chain in chains]]
 
 
@@ -266,7 +271,7 @@ def _run_chain(path: Path, chain: tuple) -> None:
         # a fine-tuning cell that diverges is a result (that learning rate is too large), unless a later stage needs it
         may_diverge = _may_diverge(stage, cfg)
         if may_diverge and _diverged(runs_dir, stage["run_id"]):
-            print(f"caplab study: {label}: kept as diverged; `caplab resume {stage['run_id']}` retries it", file=sys.stderr)
+            log.info(f"caplab study: {label}: kept as diverged; `caplab resume {stage['run_id']}` retries it")
             continue
         complete(experiment, runs_dir, stage["run_id"], label, "study", fill, divergence_is_result=may_diverge)
 

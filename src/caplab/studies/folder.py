@@ -10,7 +10,7 @@ on disk, so running a study again (`caplab resume`) continues it exactly.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,6 +20,8 @@ from caplab.experiment import complete_reserved_run
 from caplab.names import check_name
 from caplab.runs.owner import owning
 from caplab.runs.store import RunStore, atomic_write_json, runs_root
+
+log = logging.getLogger(__name__)
 
 
 def new_folder(kind_folder: str, name: str, document_name: str, document: dict, root: Optional[Path] = None) -> Path:
@@ -36,7 +38,7 @@ def new_folder(kind_folder: str, name: str, document_name: str, document: dict, 
 def run_and_report(path: Path, run: Callable[[Path], dict], summary_lines: Callable[[dict], list[str]], who: str) -> list[str]:
     """Run (or continue) the study at `path`; its summary lines and its path, for the CLI to print."""
     with owning(path, who):
-        print(f"caplab {who}: {path}", file=sys.stderr)
+        log.info(f"caplab {who}: {path}")
         return summary_lines(run(path)) + [str(path)]
 
 
@@ -74,7 +76,7 @@ def complete(cfg: ExperimentConfig, runs_dir: Path, run_id: str, label: str, who
     Returns "completed", "diverged" (the loss became NaN: a result when `divergence_is_result`, else raised),
     or "failed" for a run kept as failed (`keep_failed`: not retried here; `caplab resume RUN` retries it).
     """
-    say = lambda text: print(f"caplab {who}: {label}: {text}", file=sys.stderr)  # noqa: E731
+    say = lambda text: log.info(f"caplab {who}: {label}: {text}")  # noqa: E731
     info = run_status(runs_dir, run_id)
     if keep_failed and info.get("status") == "failed":
         if info.get("diverged") and divergence_is_result:

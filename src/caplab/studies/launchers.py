@@ -76,9 +76,11 @@ def complete_groups(path: str, groups: list[list[int]], threads: Optional[int] =
     """A worker's share: each group of the sweep at `path` completed in turn (top level, so engines can pickle it)."""
     import torch
 
+    from caplab.console import configure_console
     from caplab.studies.sweep import complete_group
 
-    if threads:
+    if threads:  # a worker process (Ray, submitit): it says what it trains, as the CLI does
+        configure_console()
         torch.set_num_threads(threads)  # one worker per core: no worker spreads over the others' cores
     for group in groups:
         complete_group(Path(path), group)

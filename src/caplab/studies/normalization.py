@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -51,6 +51,8 @@ from caplab.models.norms import NORMS
 from caplab.runs import html, plots
 from caplab.runs.store import RunStore, atomic_write_json, read_json
 from caplab.studies.folder import complete, new_folder, reserve, run_and_report
+
+log = logging.getLogger(__name__)
 
 SECTIONS = ("task", "model", "train", "study")
 
@@ -187,7 +189,7 @@ def run_normalization(path: Path) -> dict:
         run_id = reserve(path / "study.json", study, run, "run_id", experiment.recipe)
         label = f"[{i + 1}/{len(study['runs'])}] {run['norm']} batch {run['batch_size']} seed {run['seed']}"
         complete(experiment, runs_dir, run_id, label, "normalization", keep_failed=True)
-    print("caplab normalization: signal propagation at initialisation", file=sys.stderr)
+    log.info("caplab normalization: signal propagation at initialisation")
     task = resolve(name, _run_recipe(name, base, cfg, cfg.train_norms[0], cfg.batch_sizes[0], 0)).make_task()
     depth, groups = depth_arm(task, cfg), group_arm(task, cfg)
     probe = _probe(task, cfg, 0)

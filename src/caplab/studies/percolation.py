@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -30,6 +30,8 @@ from caplab.runs import html, plots
 from caplab.runs.catalog import Catalog
 from caplab.runs.owner import owning
 from caplab.runs.store import RunStore
+
+log = logging.getLogger(__name__)
 
 PREDICTED_EXPONENT = 0.5
 
@@ -184,7 +186,7 @@ def percolation_figures(figures: Path, n_entities: int, summary: dict, curves: d
 
 def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> list[str]:
     name, description, cfg = load_percolation_config(recipe, overrides)
-    print(f"caplab: simulating the class graph ({cfg.trials} trials per point)", file=sys.stderr)
+    log.info(f"caplab: simulating the class graph ({cfg.trials} trials per point)")
     path = run_percolation_study(cfg, name, description, root)
     return summary_lines(json.loads((path / "summary.json").read_text())) + [str(path)]
 

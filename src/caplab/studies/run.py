@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -12,17 +12,18 @@ from caplab.experiment import create_run, resume_run, run_ensemble, run_experime
 from caplab.train import distributed
 from caplab.runs.store import RunStore
 
+log = logging.getLogger(__name__)
+
 
 def execute(recipe: str, overrides: list[str], root: Optional[Path] = None) -> list[str]:
     cfg = load_config(recipe, overrides)
     if cfg.train.ensemble > 1:
-        print(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps), an ensemble of {cfg.train.ensemble} seeds",
-              file=sys.stderr)
+        log.info(f"caplab: training {cfg.recipe} ({cfg.train.steps} steps), an ensemble of {cfg.train.ensemble} seeds")
         return [str(path) for path in run_ensemble(cfg, root)]
     if distributed.launched():  # one run over torchrun's processes (rank 0 makes it)
         return [str(run_experiment(cfg, root))]
     store = create_run(cfg, root)
-    print(f"caplab: run {store.run_id}: training {cfg.recipe} ({cfg.train.steps} steps)", file=sys.stderr)
+    log.info(f"caplab: run {store.run_id}: training {cfg.recipe} ({cfg.train.steps} steps)")
     return headline_lines(RunStore(train_run(store))) + [str(store.path)]
 
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +32,8 @@ from caplab.runs.owner import owning
 from caplab.runs.store import RunStore, atomic_write_json, open_folder, read_json
 from caplab.studies.folder import complete, new_folder, reserve_all, run_and_report
 from caplab.studies.launchers import check_launcher, launch
+
+log = logging.getLogger(__name__)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -270,7 +272,7 @@ def _train_trials(path: Path, trials) -> dict[int, list]:
                 for entry in entries:
                     load_config(sweep["recipe"], _entry_overrides(sweep, entry))
             except ConfigError as exc:
-                print(f"caplab sweep: trial {number} {params}: refused: {exc}", file=sys.stderr)
+                log.info(f"caplab sweep: trial {number} {params}: refused: {exc}")
                 reads[number] = [None]
                 continue
             sweep["runs"] += entries
@@ -300,14 +302,14 @@ def complete_group(path: Path, group: list[int]) -> None:
         from caplab.experiment import create_run, train_ensemble
 
         ids = [sweep["runs"][i]["run_id"] for i in group]
-        print(f"caplab sweep: [{group[0] + 1}-{group[-1] + 1}/{len(sweep['runs'])}] ensemble of {len(group)}: "
-              f"{ids[0]} ... {ids[-1]}", file=sys.stderr)
+        log.info(f"caplab sweep: [{group[0] + 1}-{group[-1] + 1}/{len(sweep['runs'])}] ensemble of {len(group)}: "
+              f"{ids[0]} ... {ids[-1]}")
         for leftover in (p for i in ids for p in runs_dir.glob(f".{i}.*")):
             shutil.rmtree(leftover, ignore_errors=True)
         try:
             train_ensemble([create_run(configs[i], runs_dir, run_id=sweep["runs"][i]["run_id"]) for i in group])
         except TrainingDiverged as exc:  # a divergent setting is a result: the others completed, the sweep goes on
-            print(f"caplab sweep: diverged: {exc}", file=sys.stderr)
+            log.info(f"caplab sweep: diverged: {exc}")
         return
     for i in group:
         entry = sweep["runs"][i]

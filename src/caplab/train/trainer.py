@@ -69,7 +69,8 @@ class TrainConfig:
     checkpoint_every: int = 500  # checkpoints on the same kind of schedule
     log_spaced: bool = True  # the log-spaced early evaluations and checkpoints
     eval_batch_size: int = 256  # batch of the fixed held-out loss estimate
-    progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar only on a terminal
+    progress: Literal["auto", "always", "never"] = "auto"  # auto: a bar on a terminal (tqdm's widget in Jupyter), else plain lines
+    progress_every_s: float = 60.0  # without a bar: one log line (step, rate, loss, headline metric, ETA) this often
     init_from: Optional[str] = None  # start from another run's weights: "RUN" (its newest checkpoint) or "RUN@STEP"
     optimizer: Literal["adamw", "sgd", "muon", "spectra"] = "adamw"  # muon / spectra: 2-D weights of attention and MLPs, AdamW elsewhere
     momentum: Optional[float] = None  # sgd, muon, spectra; None: 0.9 for sgd, 0.95 for muon and spectra
@@ -113,6 +114,8 @@ class TrainConfig:
             raise ValueError(f"bad value {self.device!r} for 'train.device'; valid: auto, cpu, cuda, cuda:N, mps")
         if self.ensemble < 1:
             raise ValueError(f"train.ensemble must be at least 1, got {self.ensemble}")
+        if not self.progress_every_s > 0:
+            raise ValueError(f"train.progress_every_s must be positive, got {self.progress_every_s}")
         if self.finite_check_every < 0:
             raise ValueError(f"train.finite_check_every must be non-negative, got {self.finite_check_every}")
         if self.data_streams < 1:
@@ -429,7 +432,9 @@ class Trainer:
         self.model.train()
         self._fire("on_train_start")
         bar = self._progress()
+        plain = c.progress != "never" and bar.disable  # no bar (stderr is a log file, CI, nohup): plain lines instead
         start, last_loss, window_start, window_step = time.perf_counter(), None, time.perf_counter(), self.step
+        last_line = start
         try:
             while True:
                 # a restored run already logged and saved the step it starts from
@@ -452,12 +457,32 @@ class Trainer:
                     rate = (self.step - window_step) * self.units_per_step / (now - window_start)
                     bar.set_postfix({f"{self.unit}/s": f"{rate:,.0f}", "loss": f"{float(last_loss):.3f}", **self._headline(self.last_record)})
                     window_start, window_step = now, self.step
+                if plain and now - last_line >= c.progress_every_s:
+                    log.info(self._progress_line(resumed_at, now - start, last_loss))
+                    last_line = now
         finally:
             bar.close()
         self._fire("on_train_end", record=self.last_record)
         return self.last_record
 
+    def _progress_line(self, first_step: int, elapsed: float, loss) -> str:
+        """One plain progress line; the rate and ETA count evaluation time too (it is part of the wait)."""
+        c, done = self.cfg, self.step - first_step
+        rate = done * self.units_per_step / max(elapsed, 1e-9)
+        eta = elapsed / max(done, 1) * (c.steps - self.step)
+        headline = "".join(f", {k} {v}" for k, v in self._headline(self.last_record).items())
+        return (f"caplab: step {self.step:,}/{c.steps:,} ({self.step / c.steps:.0%}), {rate:,.0f} {self.unit}/s, "
+                f"loss {float(loss):.3f}{headline}, ETA {_duration(eta)}")
+
     def _headline(self, record: dict) -> dict:
         """The held-out loss and the task's primary metric, for the progress bar."""
         keys = dict.fromkeys(k for k in ("eval_loss", self.task.primary_metric) if k in record)
         return {k: f"{record[k]:.3f}" for k in keys}
+
+
+def _duration(seconds: float) -> str:
+    """3h05m, 4m10s, 12s."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

@@ -68,7 +68,14 @@ def test_runs_show_and_report(cli_run, tmp_path):
     report = caplab("report", name, name, "--out", str(out), root=root)
     assert report.returncode == 0, report.stderr
     assert (out / "report.html").is_file() and (out / "figures" / "loss.png").is_file()
-    assert "figures/unseen_exact.png" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "alt='unseen_exact'" in page and "src='figures/" not in page  # the page stands alone
+    import base64
+    import re
+
+    embedded = [base64.b64decode(data) for data in re.findall(r"src='data:image/png;base64,([^']+)'", page)]
+    on_disk = sorted(p.read_bytes() for p in (out / "figures").glob("*.png"))
+    assert sorted(embedded) == on_disk and len(on_disk) >= 2  # every figure, byte for byte
 
 
 def test_recipes_lists_one_line_each():

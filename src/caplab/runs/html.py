@@ -1,9 +1,14 @@
-"""The one HTML page builder every report uses: a title, a style, and the body parts a report composes."""
+"""The one HTML page builder every report uses: a title, a style, and the body parts a report composes.
+
+A page stands alone: its figures are embedded as base64 PNG data (the PNG files stay beside it too), so the
+one report.html can be mailed, attached or moved without its folder."""
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import re
 from pathlib import Path
 
 from caplab.runs.store import atomic_write_bytes
@@ -31,5 +36,17 @@ def write_page(path: Path, title: str, body: list[str]) -> Path:
     """Write `path` (atomically): an HTML page titled `title` whose body is `body` (already-escaped HTML parts)."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'>", f"<title>{escape(title)}</title>",
              f"<style>{STYLE}</style></head><body>", *body, "</body></html>"]
-    atomic_write_bytes(Path(path), "\n".join(parts).encode())
+    page = embed_images("\n".join(parts), Path(path).parent)
+    atomic_write_bytes(Path(path), page.encode())
     return Path(path)
+
+
+def embed_images(page: str, folder: Path) -> str:
+    """Every <img src='RELATIVE.png'> whose file exists under `folder` replaced by the file's bytes as a data URI."""
+    def inline(match: re.Match) -> str:
+        file = folder / html.unescape(match.group(1))
+        if not file.is_file():
+            return match.group(0)
+        return f"src='data:image/png;base64,{base64.b64encode(file.read_bytes()).decode()}'"
+
+    return re.sub(r"src='([^':]+\.png)'", inline, page)

@@ -27,10 +27,24 @@ def _print(lines: list[str]) -> None:
         print(line)
 
 
+def _logger_overrides(names: str | None) -> list[str]:
+    """`--log tensorboard,wandb` as overrides of the loggers section (each tracker with its defaults)."""
+    return [f"loggers.{name.strip()}={{}}" for name in (names or "").split(",") if name.strip()]
+
+
 def cmd_run(args) -> None:
     from caplab.studies import run_recipe
 
-    _print(run_recipe(args.recipe, args.set, _root(args)))
+    _print(run_recipe(args.recipe, [*args.set, *_logger_overrides(args.log)], _root(args)))
+
+
+def cmd_export(args) -> None:
+    from caplab.runs.store import RunStore
+    from caplab.runs.trackers import export_run
+
+    store = RunStore.open(args.run, _root(args))
+    export_run(store, args.to)
+    print(f"caplab: exported {store.run_id} to {args.to}", file=sys.stderr)
 
 
 def cmd_demo(args) -> None:
@@ -168,7 +182,13 @@ def make_parser() -> argparse.ArgumentParser:
     p = with_root(sub.add_parser("run", help="run a recipe: train it, or sweep / simulate when the recipe says so"))
     p.add_argument("recipe", help="a shipped recipe name (see `caplab recipes`) or a .yaml path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field, e.g. train.steps=2000")
+    p.add_argument("--log", metavar="TRACKERS", help="also stream to experiment trackers: tensorboard,wandb,mlflow (extra 'tracking')")
     p.set_defaults(fn=cmd_run)
+
+    p = with_root(sub.add_parser("export", help="replay a run's metrics, config and figures into an experiment tracker"))
+    p.add_argument("run", help="a run id, a unique id prefix, or a run directory")
+    p.add_argument("--to", required=True, choices=["tensorboard", "wandb", "mlflow"])
+    p.set_defaults(fn=cmd_export)
 
     p = with_root(sub.add_parser("demo", help="step-by-step vs direct on one compositions split (CPU, minutes)"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of both runs")

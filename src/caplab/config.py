@@ -26,6 +26,7 @@ from caplab.models.registry import MODEL_KINDS, build_model, kinds_reading, mode
 from caplab.tasks import TASKS, Task, make_task
 from caplab.tasks.corpus import CORPUS_KEYS, CorpusConfig
 from caplab.train.plugins import LEGACY_TRAIN_KEYS, DiagnosticsConfig, MATConfig
+from caplab.tracker_config import TRACKER_CONFIGS
 from caplab.train.trainer import TrainConfig, resolve_device
 
 
@@ -40,6 +41,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     mat: MATConfig = field(default_factory=MATConfig)  # modular adaptive training (off unless mat.every > 0)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    loggers: dict = field(default_factory=dict)  # tracker name -> its options (caplab.tracker_config)
 
     @property
     def model_kind(self) -> str:
@@ -56,6 +58,8 @@ class ExperimentConfig:
             "train": dataclasses.asdict(self.train),
             "mat": dataclasses.asdict(self.mat),
             "diagnostics": dataclasses.asdict(self.diagnostics),
+            # only when set: configs without trackers read and compare as they always did
+            **({"loggers": {name: dataclasses.asdict(opts) for name, opts in self.loggers.items()}} if self.loggers else {}),
         }
 
     def make_model(self):
@@ -201,6 +205,8 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     unknown = [k for k in data if k not in SECTIONS + ("description", "recipe", "kind", "sweep")]
     if unknown:
         raise ConfigError(f"unknown key {unknown[0]!r}; valid: description, {', '.join(SECTIONS)}, sweep")
+    if isinstance(data.get("loggers"), list):  # `loggers: [tensorboard, wandb]`: each with its defaults
+        data = {**data, "loggers": {name: {} for name in data["loggers"]}}
     for section in SECTIONS:
         if data.get(section) is not None and not isinstance(data[section], dict):
             raise ConfigError(f"section {section!r} must be a mapping of keys, got {type(data[section]).__name__}")
@@ -224,6 +230,11 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     train = build_dataclass(TrainConfig, dict(data.get("train") or {}), "train")
     mat = build_dataclass(MATConfig, dict(data.get("mat") or {}), "mat")
     diagnostics = build_dataclass(DiagnosticsConfig, dict(data.get("diagnostics") or {}), "diagnostics")
+    loggers = {}
+    for name, options in (data.get("loggers") or {}).items():
+        if name not in TRACKER_CONFIGS:
+            raise ConfigError(f"unknown logger {name!r}; valid: {', '.join(TRACKER_CONFIGS)}")
+        loggers[name] = build_dataclass(TRACKER_CONFIGS[name], dict(options or {}), f"loggers.{name}")
     if model_kind_of(model) != "gpt" and mat.every:  # MAT's modules are a GPT's heads and MLPs
         raise ConfigError("mat.every (modular adaptive training) needs model.kind=gpt: its modules are "
                           "attention heads and MLPs")
@@ -235,6 +246,7 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
         train=train,
         mat=mat,
         diagnostics=diagnostics,
+        loggers=loggers,
     )
 
 

@@ -125,6 +125,29 @@ def _marking_failures(stores: list[RunStore], catalog: Catalog):
         raise
 
 
+@contextlib.contextmanager
+def _tracking(stores: list[RunStore], trainers: list[Trainer], loggers: dict):
+    """Stream each run's evaluations to the trackers of `loggers` (caplab.runs.trackers); yields a list to which
+    the caller adds each run that completed, whose figures are sent before its trackers close."""
+    done: list[RunStore] = []
+    if not loggers:
+        yield done
+        return
+    from caplab.runs.trackers import finish_trackers, open_trackers
+
+    opened = []
+    try:
+        for store, trainer in zip(stores, trainers):
+            trackers = open_trackers(store, loggers)
+            opened.append((store, trackers))
+            for tracker in trackers:
+                trainer.add_callback("on_eval", lambda _, record, tracker=tracker: tracker.log(record))
+        yield done
+    finally:
+        for store, trackers in opened:
+            finish_trackers(trackers, store, ok=store in done)
+
+
 def _mark(stores: list[RunStore], catalog: Catalog, status: str, error: str, diverged: bool = False) -> None:
     """Record the status where the disk lets us; a full disk must not hide the error that stopped the run."""
     for store in stores:
@@ -145,8 +168,11 @@ def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bo
         task, trainer = _prepare(store, cfg, catalog, restore)  # reads and checks; the status is not touched yet
         with _marking_failures([store], catalog):
             _start(store, trainer, catalog)
-            final = trainer.fit()
-            return _finish(store, task, final, catalog)
+            with _tracking([store], [trainer], cfg.loggers) as done:
+                final = trainer.fit()
+                path = _finish(store, task, final, catalog)
+                done.append(store)
+                return path
 
 
 def train_ensemble(stores: list[RunStore]) -> list[Path]:
@@ -166,14 +192,16 @@ def train_ensemble(stores: list[RunStore]) -> list[Path]:
         with _marking_failures(stores, catalog):
             for store, (_, trainer) in zip(stores, prepared):
                 _start(store, trainer, catalog)
-            finals = ensemble.fit()
-            paths = []
-            for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
-                if index in ensemble.failed:
-                    store.set_status("failed", ensemble.failed[index], diverged=True)  # members only ever drop out diverged
-                    catalog.upsert_run(store)
-                else:
-                    paths.append(_finish(store, task, final, catalog))
+            with _tracking(stores, [trainer for _, trainer in prepared], stores[0].experiment_config().loggers) as done:
+                finals = ensemble.fit()
+                paths = []
+                for index, (store, (task, _), final) in enumerate(zip(stores, prepared, finals)):
+                    if index in ensemble.failed:
+                        store.set_status("failed", ensemble.failed[index], diverged=True)  # members only ever drop out diverged
+                        catalog.upsert_run(store)
+                    else:
+                        paths.append(_finish(store, task, final, catalog))
+                        done.append(store)
     if ensemble.failed:  # the others are complete; the caller learns which diverged
         raise TrainingDiverged("; ".join(f"run {stores[i].run_id}: {message}" for i, message in sorted(ensemble.failed.items())),
                                runs=[stores[i].run_id for i in sorted(ensemble.failed)])

@@ -12,7 +12,7 @@ import yaml
 
 from caplab.errors import ConfigError
 
-SECTIONS = ("task", "model", "train", "mat", "diagnostics")
+SECTIONS = ("task", "model", "train", "mat", "diagnostics", "loggers")
 
 
 def recipe_names() -> list[str]:

@@ -78,6 +78,17 @@ def test_runs_show_and_report(cli_run, tmp_path):
     assert sorted(embedded) == on_disk and len(on_disk) >= 2  # every figure, byte for byte
 
 
+def test_runs_and_show_speak_json_for_scripts(cli_run):
+    root, result = cli_run
+    run_id = RunStore.open(result.stdout.strip().splitlines()[-1]).run_id
+    listed = json.loads(caplab("runs", "--json", root=root).stdout)
+    (row,) = [r for r in listed if r["run_id"] == run_id]
+    assert row["status"] == "completed" and row["recipe"] == "demo" and "unseen_exact" in row["summary"]
+    shown = json.loads(caplab("show", run_id[:-2], "--json", root=root).stdout)  # an id prefix works
+    assert shown["run_id"] == run_id and shown["config"]["train"]["steps"] == 24 and shown["damaged"] == []
+    assert shown["final_metrics"]["step"] == 24 and shown["checkpoints"][-1] == 24
+
+
 def test_recipes_lists_one_line_each():
     result = caplab("recipes")
     lines = result.stdout.strip().splitlines()

@@ -92,6 +92,10 @@ def cmd_runs(args) -> None:
         print(f"caplab: catalog rebuilt from {count} run directories" + (f" ({len(damaged)} damaged, skipped)" if damaged else ""),
               file=sys.stderr)
     rows = catalog.live_runs(recipe=args.recipe, status=args.status)
+    if args.json:
+        keys = ("run_id", "recipe", "status", "created", "updated", "path", "summary", "error")
+        print(json.dumps([{k: r.get(k) for k in keys if k in r} for r in rows], indent=1))
+        return
     headline = sorted({k for r in rows for k, v in r["summary"].items() if k not in ("step", *DATA_UNITS) and isinstance(v, float)})
     table = [["run", "recipe", "status", "step", *headline]]
     for r in rows:
@@ -109,6 +113,19 @@ def cmd_show(args) -> None:
     store = RunStore.open(args.run, _root(args))
     damaged: list[str] = []
     part = lambda read, default: read_or_note(read, default, damaged)  # noqa: E731
+    if args.json:
+        info = part(store.info, {})
+        records = part(store.metrics, [])
+        checkpoints = part(lambda: store.manifest()["checkpoints"], None)
+        print(json.dumps({"run_id": info.get("run_id", store.path.name), "path": str(store.path), "recipe": info.get("recipe"),
+                          "status": live_status(info["status"], store.path) if "status" in info else None,
+                          "error": info.get("error"), "config": part(store.config_dict, None),
+                          "final_metrics": records[-1] if records else None, "summary": part(store.summary, None),
+                          "checkpoints": [c.get("step") for c in checkpoints] if checkpoints is not None else None,
+                          "damaged": damaged}, indent=1))
+        if damaged:
+            raise DamagedRun("; ".join(damaged))
+        return
 
     info = part(store.info, {})
     print(f"run      {info.get('run_id', store.path.name)}\npath     {store.path}\nrecipe   {info.get('recipe', '?')}\n"
@@ -216,21 +233,23 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sweep)
 
     p = with_root(sub.add_parser("resume", help="continue a run from its last checkpoint, or an interrupted sweep or study"))
-    p.add_argument("run")
+    p.add_argument("run", help="a run id, a unique id prefix or a run directory; or a sweep or study folder name or path")
     p.set_defaults(fn=cmd_resume)
 
     p = with_root(sub.add_parser("runs", help="list runs from the catalog"))
     p.add_argument("--recipe")
     p.add_argument("--status", choices=["created", "running", "completed", "failed", "interrupted"])
     p.add_argument("--rebuild", action="store_true", help="rebuild the catalog from the run directories first")
+    p.add_argument("--json", action="store_true", help="one JSON list of the runs (id, recipe, status, path, summary)")
     p.set_defaults(fn=cmd_runs)
 
     p = with_root(sub.add_parser("show", help="config and final metrics of a run"))
-    p.add_argument("run")
+    p.add_argument("run", help="a run id, a unique id prefix, or a run directory")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(fn=cmd_show)
 
     p = with_root(sub.add_parser("report", help="figures and report.html for one or several runs"))
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", help="run ids, unique id prefixes or run directories (several: overlaid)")
     p.add_argument("--out", help="output folder (default: the run's own folder, or runs/reports/...)")
     p.set_defaults(fn=cmd_report)
 

@@ -95,3 +95,49 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
         assert target.stat().st_mode & 0o777 == reference.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(mask)
+
+
+def test_a_report_puts_runs_side_by_side_headline_first_and_readable(tmp_path):
+    """One column per run, one row per metric: the step and the task's headline numbers first, bookkeeping
+    (eval_s, lr) left out, counts with separators; metric families share a figure; log ticks are plain."""
+    import re
+
+    from caplab.runs.plots import plain_number
+    from caplab.runs.report import metric_families, readable, write_report
+
+    stores = []
+    for seed in (0, 1):
+        stores.append(RunStore(run_experiment(load_config("demo", TINY + [f"train.seed={seed}"]), tmp_path)))
+    page = write_report(stores, tmp_path / "both").read_text()
+    table = page.split("<h2>Final metrics</h2>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td>([^<]+)</td>", table)
+    headline = [k for k in stores[0].summary() if k not in ("step", "tokens", "flops")]
+    assert "unseen_exact" in headline and rows[0] == "step" and rows[1 : 1 + len(headline)] == headline
+    assert "eval_s" not in rows and "lr" not in rows and "elapsed_s" not in rows
+    assert table.count("train.seed=0") == 1 and table.count("train.seed=1") == 1  # one column per run, labelled
+    assert readable(1234567) == "1,234,567" and readable(0.81254) == "0.8125" and readable(3.2e-05) == "3.2e-05"
+    assert readable(None) == "" and readable(2.5e12) == "2.5e+12"
+    assert metric_families(["exact_k4", "exact_k1", "exact_k2", "seen_exact", "token_at"]) == {
+        "exact_k": ["exact_k1", "exact_k2", "exact_k4"]}
+    assert [plain_number(v) for v in (0, 1, 10, 1000, 0.01, 1e6)] == ["0", "1", "10", "1,000", "0.01", "1e+06"]
+
+
+def test_a_report_renders_with_its_figures_in_a_headless_browser(tmp_path):
+    """The self-contained page, moved away from its folder, still shows its figures (Chromium, where installed)."""
+    import shutil
+    import subprocess
+
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no Chromium on this machine (Debian: apt install chromium)")
+    from matplotlib.image import imread
+
+    store = RunStore(run_experiment(load_config("demo", TINY), tmp_path / "runs"))
+    page = tmp_path / "alone.html"
+    shutil.copy(store.path / "report.html", page)  # without its figures/ folder
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,2400",
+                    page.as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = imread(str(shot))[..., :3]
+    coloured = ((pixels.max(-1) - pixels.min(-1)) > 0.2).mean()  # the plotted curves are coloured; text is grey
+    assert coloured > 0.001

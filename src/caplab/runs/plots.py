@@ -40,8 +40,29 @@ def legend(ax, **kwargs) -> None:
         ax.legend(**kwargs)
 
 
+def plain_number(value: float, _position=None) -> str:
+    """A tick label as a reader writes it: 0, 0.01, 1, 250, 10,000 (not 10^4), 1e+06 beyond."""
+    if value == 0:
+        return "0"
+    if 1 <= abs(value) < 1e6 and float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:g}"
+
+
+def _plain_log_ticks(fig: Figure) -> None:
+    """Log and symlog axes labelled with plain numbers (minor ticks unlabelled)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() in ("log", "symlog"):
+                axis.set_major_formatter(FuncFormatter(plain_number))
+                axis.set_minor_formatter(NullFormatter())
+
+
 def save(fig: Figure, path: Path) -> Path:
-    """Lay out and write `fig` as a PNG at `path` (atomically)."""
+    """Lay out and write `fig` as a PNG at `path` (atomically); log axes get plain tick labels."""
+    _plain_log_ticks(fig)
     buffer = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buffer, format="png")

@@ -6,6 +6,7 @@ Figures are drawn with `caplab.runs.plots` and pages built with
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,10 @@ class _Readable:
         self._info = read_or_note(store.info, {"run_id": store.path.name, "recipe": "?", "status": "?"}, damaged)
         self._metrics = read_or_note(store.metrics, [], damaged)
         self._config = read_or_note(store.config_dict, {}, damaged)
+        self._summary = read_or_note(store.summary, {}, damaged)
+
+    def summary(self) -> dict:
+        return self._summary
 
     def info(self) -> dict:
         return self._info
@@ -79,7 +84,19 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
     plots.save(fig, paths[-1])
 
     capabilities = sorted({k for _, records in runs for r in records for k in r if k not in NOT_CAPABILITIES})
-    for key in capabilities:
+    families = metric_families(capabilities)
+    for family, members in families.items():  # exact_k1, exact_k2, ...: one figure, one line per member and run
+        values = [v for _, records in runs for key in members for v in plots.series(records, key)[1]]
+        fig, ax = plots.step_axes(f"{family}*", "fraction" if all(0.0 <= v <= 1.0 for v in values) else family)
+        for i, (label, records) in enumerate(runs):
+            for j, key in enumerate(members):
+                x, y = plots.series(records, key)
+                ax.plot(x, y, marker=".", color=f"C{j}", ls=("-", "--", ":", "-.")[i % 4],
+                        label=f"{key}" if len(runs) == 1 else f"{label} {key}")
+        plots.legend(ax, fontsize=7)
+        paths.append(figures / f"{plots.slug(family)}family.png")
+        plots.save(fig, paths[-1])
+    for key in (k for k in capabilities if not any(k in members for members in families.values())):
         values = [v for _, records in runs for v in plots.series(records, key)[1]]
         is_fraction = all(0.0 <= v <= 1.0 for v in values)
         fig, ax = plots.step_axes(key, "fraction" if is_fraction else key)
@@ -111,6 +128,17 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
         paths.append(figures / "seen_vs_unseen.png")
         plots.save(fig, paths[-1])
     return paths
+
+
+def metric_families(keys: list[str]) -> dict[str, list[str]]:
+    """Metrics that differ only in a trailing number (exact_k1, exact_k2, exact_k4), grouped when there are at
+    least two: {"exact_k": ["exact_k1", "exact_k2", "exact_k4"]}, members in numeric order."""
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for key in keys:
+        match = re.fullmatch(r"(.*\D)(\d+)", key)
+        if match:
+            groups.setdefault(match.group(1), []).append((int(match.group(2)), key))
+    return {family: [k for _, k in sorted(members)] for family, members in groups.items() if len(members) >= 2}
 
 
 def _phase_metrics(store: RunStore) -> tuple[str, ...]:
@@ -178,6 +206,38 @@ def seed_phase_figure(runs: list[list[dict]], metrics: tuple[str, ...], path: Pa
     return points
 
 
+BOOKKEEPING = {"lr", "elapsed_s", "eval_s", "nonfinite"}  # logged for the record, not results: left out of the table
+
+
+def final_metrics_table(stores: list) -> str:
+    """The runs side by side: one column per run (its label and status), one row per metric of the last
+    evaluation; the step and the task's headline numbers (its summary) first, then the rest by name."""
+    finals = [(records[-1] if records else {}) for records in (s.metrics() for s in stores)]
+    headline = [k for s in stores for k in s.summary() if k not in ("step", *DATA_UNITS, "flops")]
+    rest = sorted({k for f in finals for k in f} - set(headline) - BOOKKEEPING - {"step"})
+    rows = [k for k in dict.fromkeys(["step", *headline, *rest]) if any(k in f for f in finals)]
+    head = "".join(f"<th>{html.escape(label)}<br><small>{html.escape(s.info().get('status', '?'))}</small></th>"
+                   for label, s in zip(_labels(stores), stores))
+    cells = ["<table><tr><th>metric</th>" + head + "</tr>"]
+    for key in rows:
+        values = "".join(f"<td style='text-align:right'>{readable(f.get(key))}</td>" for f in finals)
+        cells.append(f"<tr><td>{html.escape(key)}</td>{values}</tr>")
+    return "".join(cells) + "</table>"
+
+
+def readable(value) -> str:
+    """A table cell: 1,234,567 for counts, 0.8125 for fractions, 3.2e-05 / 1.5e+12 at the extremes, '' if absent."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return html.escape(str(value))
+    if abs(value) >= 1e9 or (value != 0 and abs(value) < 1e-3):  # FLOPs, tiny rates
+        return f"{value:.3g}"
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) >= 1000):  # steps, tokens
+        return f"{value:,.0f}"
+    return f"{value:.4f}"
+
+
 def write_report(stores: list[RunStore], out_dir: Path) -> Path:
     """Figures plus `out_dir/report.html` embedding them with configs and final numbers.
 
@@ -195,15 +255,7 @@ def write_report(stores: list[RunStore], out_dir: Path) -> Path:
 def _write_report(stores: list[_Readable], out_dir: Path) -> Path:
     paths = make_figures(stores, out_dir)
     body = [f"<h1>caplab report: {html.escape(', '.join(s.path.name for s in stores))}</h1>",
-            "<h2>Final metrics</h2><table><tr><th>run</th><th>status</th><th>metric</th><th>value</th></tr>"]
-    for store in stores:
-        records = store.metrics()
-        final = records[-1] if records else {}
-        for key, value in final.items():
-            if key not in ("step", *DATA_UNITS, "lr", "elapsed_s"):
-                body.append(f"<tr><td>{html.escape(store.path.name)}</td><td>{html.escape(store.info()['status'])}</td>"
-                            f"<td>{html.escape(key)}</td><td>{value:.4f}</td></tr>")
-    body.append("</table><h2>Figures</h2>")
+            "<h2>Final metrics</h2>", final_metrics_table(stores), "<h2>Figures</h2>"]
     body += html.images([p.name for p in paths])
     body += [html.json_block(f"Config of {store.path.name}", store.config_dict()) for store in stores]
     return html.write_page(out_dir / "report.html", "caplab report", body)

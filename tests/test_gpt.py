@@ -73,6 +73,7 @@ def test_hook_names_are_transformer_lens_canonical():
         p = f"blocks.{i}."
         expected |= {p + n for n in ("hook_resid_pre", "hook_resid_mid", "hook_resid_post", "hook_attn_out", "hook_mlp_out",
                                      "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "attn.hook_pattern",
+                                     "attn.hook_attn_scores", "attn.hook_result",
                                      "mlp.hook_pre", "mlp.hook_post", "ln1.hook_normalized", "ln2.hook_normalized")}
     assert set(model.hook_points) == expected
 

@@ -44,3 +44,36 @@ def test_transformer_lens_bridge_matches_and_caches():
     with torch.no_grad():
         ours_logp, theirs_logp = ours(tokens).log_softmax(-1), compatible(tokens).log_softmax(-1)
     assert (ours_logp - theirs_logp).abs().max().item() < 1e-4
+
+
+def test_the_twin_names_the_tasks_real_special_tokens_and_transformers_stays_quiet():
+    pytest.importorskip("transformers")
+    import warnings
+
+    from caplab import load_config
+    from caplab.interop import to_huggingface
+
+    cfg = load_config("demo")
+    task = cfg.make_task()
+    torch.manual_seed(0)
+    ours = cfg.make_model().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about token ids outside the vocabulary
+        twin = to_huggingface(ours, task.special_tokens())
+        tokens = task.sample(2, torch.Generator().manual_seed(0), torch.device("cpu")).inputs
+        twin.generate(tokens[:, :4], max_new_tokens=2, do_sample=False, pad_token_id=task.special_tokens()["bos"])
+    assert twin.config.bos_token_id == task.start and twin.config.eos_token_id is None
+    assert to_huggingface(ours).config.bos_token_id is None  # none given: none claimed (not GPT-2's 50256)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        to_huggingface(ours, {"eos": 10_000})
+
+
+def test_every_language_task_names_special_tokens_inside_its_vocabulary():
+    from caplab import make_task
+
+    for name, params in (("compositions", {}), ("pcfg_counting", {}), ("rasp_counting", {}),
+                         ("concept_language", {})):
+        task = make_task(name, **params)
+        ids = task.special_tokens()
+        assert set(ids) == {"bos", "eos", "pad"} and any(v is not None for v in ids.values())
+        assert all(v is None or 0 <= v < task.vocab_size for v in ids.values())

@@ -4,9 +4,16 @@ A caplab GPT is a GPT-2 block stack with exact GELU, LayerNorm eps 1e-5,
 tied embeddings and (by default) no biases in its linear layers, so it maps
 one to one onto `transformers.GPT2LMHeadModel` with `activation_function =
 "gelu"` and zero biases. TransformerLens 4 loads HuggingFace models through
-`TransformerBridge` (its `HookedTransformer` was removed in 4.0), so
-`to_transformer_lens` saves the GPT-2 twin to a temporary folder and boots a
-bridge from it; TransformerLens, SAELens and circuitsvis then work on it.
+`TransformerBridge` (its `HookedTransformer` was removed in 4.0):
+`to_transformer_lens` hands it the GPT-2 twin itself (only the twin's small
+config.json is written to a temporary folder, where TransformerLens reads
+the architecture; the weights are never saved and reloaded), and
+TransformerLens, SAELens and circuitsvis then work on it.
+
+Special tokens: give `to_huggingface` the task's ids
+(`task.special_tokens()`: bos, eos, pad; None where the vocabulary has
+none) so the twin's config names real tokens of the caplab vocabulary
+instead of GPT-2's 50256, which lies outside it.
 
 Needs the `interop` extra (`pip install -e ".[interop]"`).
 """
@@ -14,14 +21,19 @@ Needs the `interop` extra (`pip install -e ".[interop]"`).
 from __future__ import annotations
 
 import tempfile
+from typing import Optional
 
 import torch
 
 from caplab.models.gpt import GPT
 
 
-def to_huggingface(model: GPT):
-    """A `transformers.GPT2LMHeadModel` computing the same logits as `model` (float32, eval mode)."""
+def to_huggingface(model: GPT, special_tokens: Optional[dict] = None):
+    """A `transformers.GPT2LMHeadModel` computing the same logits as `model` (float32, eval mode).
+
+    `special_tokens`: {"bos", "eos", "pad"} token ids of the model's vocabulary (a task's `special_tokens()`);
+    unset ones are None in the twin's config.
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = model.cfg
@@ -31,7 +43,7 @@ def to_huggingface(model: GPT):
     config = GPT2Config(
         vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
         n_inner=cfg.d_mlp, activation_function="gelu", layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, tie_word_embeddings=True,
+        attn_pdrop=0.0, tie_word_embeddings=True, **_token_ids(special_tokens or {}, cfg.d_vocab),
     )
     hf = GPT2LMHeadModel(config)
     source = {k: v.detach().float() for k, v in model.state_dict().items()}
@@ -65,7 +77,15 @@ def to_huggingface(model: GPT):
     return hf.eval()
 
 
-def to_transformer_lens(model: GPT, compatibility_mode: bool = False):
+def _token_ids(special: dict, vocab: int) -> dict:
+    ids = {f"{k}_token_id": special.get(k) for k in ("bos", "eos", "pad")}
+    outside = {k: v for k, v in ids.items() if v is not None and not 0 <= v < vocab}
+    if outside:
+        raise ValueError(f"special token ids outside the vocabulary of {vocab}: {outside}")
+    return ids
+
+
+def to_transformer_lens(model: GPT, compatibility_mode: bool = False, special_tokens: Optional[dict] = None):
     """A TransformerLens `TransformerBridge` of `model` (via its GPT-2 twin).
 
     With `compatibility_mode=True` the bridge applies TransformerLens' HookedTransformer
@@ -74,9 +94,10 @@ def to_transformer_lens(model: GPT, compatibility_mode: bool = False):
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    with tempfile.TemporaryDirectory() as folder:
-        to_huggingface(model).save_pretrained(folder)
-        bridge = TransformerBridge.boot_transformers(folder)
+    twin = to_huggingface(model, special_tokens)
+    with tempfile.TemporaryDirectory() as folder:  # TransformerLens reads the architecture from a config file
+        twin.config.save_pretrained(folder)
+        bridge = TransformerBridge.boot_transformers(folder, hf_model=twin)
     if compatibility_mode:
         bridge.enable_compatibility_mode()
     return bridge.eval()

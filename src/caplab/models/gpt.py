@@ -10,7 +10,9 @@ caches, probes and ablations line up with the tools of the field:
     hook_embed, hook_pos_embed
     blocks.{i}.hook_resid_pre / hook_resid_mid / hook_resid_post
     blocks.{i}.attn.hook_q / hook_k / hook_v   (batch, pos, head, d_head)
+    blocks.{i}.attn.hook_attn_scores          (batch, head, query_pos, key_pos)  scaled, masked, before the softmax
     blocks.{i}.attn.hook_pattern              (batch, head, query_pos, key_pos)
+    blocks.{i}.attn.hook_result               (batch, pos, head, d_model)  each head's write to the stream (no bias)
     blocks.{i}.attn.hook_z                    (batch, pos, head, d_head)
     blocks.{i}.hook_attn_out / hook_mlp_out   (batch, pos, d_model)
     blocks.{i}.mlp.hook_pre / hook_post       (batch, pos, d_mlp)
@@ -106,8 +108,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
-        self.hook_pattern = HookPoint()
-        self.hook_z = HookPoint()
+        self.hook_attn_scores, self.hook_pattern = HookPoint(), HookPoint()
+        self.hook_z, self.hook_result = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -127,12 +129,12 @@ class Attention(nn.Module):
             k = cache.keys[self.layer, :, :, : past + T]  # (B, nh, past+T, hs)
             v = cache.values[self.layer, :, :, : past + T]
 
-        if self.hook_pattern.is_hooked:
-            # explicit attention only when someone wants to see (or edit) the pattern
+        if self.hook_pattern.is_hooked or self.hook_attn_scores.is_hooked:
+            # explicit attention only when someone wants to see (or edit) the scores or the pattern
             scores = q @ k.transpose(-2, -1) / math.sqrt(hs)  # (B, nh, T, past+T)
             if causal:
                 scores = scores.masked_fill(~_causal_mask(T, past, x.device), float("-inf"))
-            pattern = self.hook_pattern(scores.softmax(-1))
+            pattern = self.hook_pattern(self.hook_attn_scores(scores).softmax(-1))
             z = pattern @ v  # (B, nh, T, hs)
         elif past == 0:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -142,6 +144,11 @@ class Attention(nn.Module):
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_mask(T, past, x.device))
 
         z = self.hook_z(z.transpose(1, 2))  # (B, T, nh, hs)
+        if self.hook_result.is_hooked:  # per-head outputs only when asked: (B, T, nh, d_model), summed below
+            w_out = self.out.weight.view(-1, nh, hs)  # (d_model, nh, hs)
+            result = self.hook_result(torch.einsum("btnh,dnh->btnd", z, w_out))
+            out = result.sum(2)
+            return out + self.out.bias if self.out.bias is not None else out
         return self.out(z.reshape(B, T, nh * hs))
 
 

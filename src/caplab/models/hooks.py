@@ -15,8 +15,11 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-# fn(activation, hook_point) -> replacement activation or None (keep as is)
+# fn(activation, hook_point) -> replacement activation or None (keep as is); a backward hook gets the
+# activation's gradient instead and may return a replacement gradient
 HookFn = Callable[[torch.Tensor, "HookPoint"], "torch.Tensor | None"]
+# where a hook goes: a hook name, several names, or a predicate on names (as TransformerLens accepts)
+HookNames = "str | Iterable[str] | Callable[[str], bool]"
 
 
 class HookPoint(nn.Module):
@@ -67,24 +70,33 @@ class HookedModule(nn.Module):
         return names
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks: Iterable[tuple[str, HookFn]]) -> Iterator[None]:
-        """Attach `(name, fn)` hooks for the duration of the `with` block.
+    def hooks(self, fwd_hooks: Iterable[tuple[HookNames, HookFn]] = (),
+              bwd_hooks: Iterable[tuple[HookNames, HookFn]] = ()) -> Iterator[None]:
+        """Attach hooks for the duration of the `with` block, as TransformerLens's `hooks` does.
 
-        `fn(activation, hook)` may return a tensor to replace the activation.
+        Each entry is `(where, fn)`: `where` a hook name, a list of names or a predicate on names (every
+        matching point gets `fn`). Forward: `fn(activation, hook)` may return a tensor to replace the
+        activation. Backward: `fn(gradient, hook)` sees the gradient of the activation and may return a
+        replacement gradient.
         """
         handles = []
         try:
-            for name, fn in fwd_hooks:
-                (point_name,) = self._resolve(name)
-                point = self.hook_points[point_name]
-                handles.append(point.register_forward_hook(_adapt(fn)))
+            for where, fn in fwd_hooks:
+                for name in self._resolve(where):
+                    handles.append(self.hook_points[name].register_forward_hook(_adapt(fn)))
+            for where, fn in bwd_hooks:
+                for name in self._resolve(where):
+                    handles.append(self.hook_points[name].register_forward_hook(_on_gradient(fn)))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
-    def run_with_hooks(self, tokens: torch.Tensor, fwd_hooks: Iterable[tuple[str, HookFn]]) -> torch.Tensor:
-        with self.hooks(fwd_hooks):
+    def run_with_hooks(self, tokens: torch.Tensor, fwd_hooks: Iterable[tuple[HookNames, HookFn]] = (),
+                       bwd_hooks: Iterable[tuple[HookNames, HookFn]] = ()) -> torch.Tensor:
+        """The model's output on `tokens` with the hooks attached; backward hooks fire when that output's graph
+        is backpropagated (they hang on this forward's activations, not on the model)."""
+        with self.hooks(fwd_hooks, bwd_hooks):
             return self(tokens)
 
     def run_with_cache(
@@ -113,5 +125,15 @@ class HookedModule(nn.Module):
 def _adapt(fn: HookFn):
     def forward_hook(module: HookPoint, inputs, output):
         return fn(output, module)
+
+    return forward_hook
+
+
+def _on_gradient(fn: HookFn):
+    """A forward hook that hangs `fn` on the activation's gradient (a tensor hook outlives the `with` block only
+    as long as that forward's graph does)."""
+    def forward_hook(module: HookPoint, inputs, output):
+        if output.requires_grad:
+            output.register_hook(lambda grad: fn(grad, module))
 
     return forward_hook

@@ -10,7 +10,7 @@ knows about the Trainer or the Run that uses it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,10 @@ class Task:
 
     def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
         raise NotImplementedError
+
+    def special_tokens(self) -> dict[str, Optional[int]]:
+        """The vocabulary's start (bos), end (eos) and padding (pad) token ids; None where it has none."""
+        return {"bos": None, "eos": None, "pad": None}
 
     def held_out(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Batch:
         """Documents the model is not trained on, for the held-out loss (fresh samples, unless a finite corpus)."""

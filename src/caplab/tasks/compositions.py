@@ -369,6 +369,9 @@ class Compositions(Task):
             return f"T{d}_{i}"
         return "|" if token == self.sep else "S"
 
+    def special_tokens(self) -> dict:
+        return {"bos": self.start, "eos": None, "pad": None}  # documents have one length: no end, no padding
+
     def decode(self, tokens) -> str:
         return " ".join(self.token_name(int(t)) for t in tokens)
 

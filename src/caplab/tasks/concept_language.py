@@ -451,6 +451,9 @@ class ConceptLanguage(Task):
         cls, k = divmod(prop, self.cfg.properties_per_class)
         return f"c{cls}_p{k}_v{v}"
 
+    def special_tokens(self) -> dict:
+        return {"bos": None, "eos": G.SPECIAL_TOKENS.index("<eos>"), "pad": G.SPECIAL_TOKENS.index("<pad>")}
+
     def decode(self, tokens) -> str:
         return " ".join(self.token_name(t) for t in tokens if int(t) != G.PAD)
 

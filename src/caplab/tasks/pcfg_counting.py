@@ -309,6 +309,9 @@ class PCFGCounting(Task):
             return "abc"[first] + "abc"[second]
         return str(token - self.number_offset)
 
+    def special_tokens(self) -> dict:
+        return {"bos": SOS, "eos": EOS, "pad": PAD}
+
     def decode(self, tokens) -> str:
         return " ".join(self.token_name(t) for t in tokens)
 

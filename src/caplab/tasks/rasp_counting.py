@@ -70,6 +70,9 @@ class RaspCounting(Task):
         self.seq_len = cfg.length + 1
         self._eval_cache: dict = {}
 
+    def special_tokens(self) -> dict:
+        return {"bos": 0, "eos": None, "pad": None}  # vocabulary[0] is <bos>
+
     def letter(self, name: str) -> int:
         return self.cfg.letters.index(name)
 

@@ -40,11 +40,29 @@ def cmd_run(args) -> None:
 
 def cmd_export(args) -> None:
     from caplab.runs.store import RunStore
-    from caplab.runs.trackers import export_run
 
     store = RunStore.open(args.run, _root(args))
-    export_run(store, args.to)
-    print(f"caplab: exported {store.run_id} to {args.to}", file=sys.stderr)
+    if not (args.to or args.checkpoints or args.data):
+        raise ConfigError("say what to export: --to TRACKER, --checkpoints hf DIR, or --data FILE.parquet")
+    if args.to:
+        from caplab.runs.trackers import export_run
+
+        export_run(store, args.to)
+        print(f"caplab: exported {store.run_id} to {args.to}", file=sys.stderr)
+    if args.checkpoints:
+        from caplab.interop import export_checkpoints
+
+        kind, folder = args.checkpoints
+        if kind != "hf":
+            raise ConfigError(f"bad value {kind!r} for --checkpoints; valid: hf")
+        written = export_checkpoints(store.run_id, Path(folder), store.path.parent)
+        print(f"caplab: {len(written)} checkpoints of {store.run_id} as HuggingFace folders in {folder}", file=sys.stderr)
+    if args.data:
+        from caplab.tasks.export import write_parquet
+
+        cfg = store.experiment_config()
+        write_parquet(cfg.make_task(), Path(args.data), args.samples, args.seed, cfg.task)
+        print(f"caplab: {args.samples} samples of {cfg.task['name']} in {args.data}", file=sys.stderr)
 
 
 def cmd_demo(args) -> None:
@@ -202,9 +220,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", metavar="TRACKERS", help="also stream to experiment trackers: tensorboard,wandb,mlflow (extra 'tracking')")
     p.set_defaults(fn=cmd_run)
 
-    p = with_root(sub.add_parser("export", help="replay a run's metrics, config and figures into an experiment tracker"))
+    p = with_root(sub.add_parser("export", help="a run into other tools: a tracker, HuggingFace checkpoints, Parquet data"))
     p.add_argument("run", help="a run id, a unique id prefix, or a run directory")
-    p.add_argument("--to", required=True, choices=["tensorboard", "wandb", "mlflow"])
+    p.add_argument("--to", choices=["tensorboard", "wandb", "mlflow"], help="replay into an experiment tracker")
+    p.add_argument("--checkpoints", nargs=2, metavar=("hf", "DIR"),
+                   help="every checkpoint as a HuggingFace model folder DIR/step<N> (Pythia-style revisions)")
+    p.add_argument("--data", metavar="FILE.parquet", help="samples of the run's task as Parquet (pandas, HF datasets)")
+    p.add_argument("--samples", type=int, default=10_000, help="with --data: how many (default 10,000)")
+    p.add_argument("--seed", type=int, default=0, help="with --data: the sampling seed (default 0)")
     p.set_defaults(fn=cmd_export)
 
     p = with_root(sub.add_parser("demo", help="step-by-step vs direct on one compositions split (CPU, minutes)"))

@@ -20,7 +20,9 @@ Needs the `interop` extra (`pip install -e ".[interop]"`).
 
 from __future__ import annotations
 
+import json
 import tempfile
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -101,3 +103,27 @@ def to_transformer_lens(model: GPT, compatibility_mode: bool = False, special_to
     if compatibility_mode:
         bridge.enable_compatibility_mode()
     return bridge.eval()
+
+
+def export_checkpoints(name: str, folder: Path, root: Optional[Path] = None) -> list[Path]:
+    """Every checkpoint of run `name` as a HuggingFace model folder, one per step, named as Pythia names its
+    revisions: `<folder>/step<N>/` (config.json + model.safetensors, loadable with `from_pretrained`), plus
+    `<folder>/revisions.json` listing them with their steps and token counts. Returns the step folders."""
+    from caplab.runs.store import RunStore
+
+    store = RunStore.open(name, root)
+    cfg = store.experiment_config()
+    special = cfg.make_task().special_tokens()
+    folder = Path(folder)
+    written, revisions = [], []
+    for entry in store.manifest()["checkpoints"]:
+        model = cfg.make_model()
+        tensors, _ = store.load_weights(entry["step"])
+        model.load_state_dict(tensors)
+        target = folder / f"step{entry['step']}"
+        to_huggingface(model.eval(), special).save_pretrained(target)
+        written.append(target)
+        revisions.append({"revision": target.name, "step": entry["step"], "tokens": entry.get("tokens")})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "revisions.json").write_text(json.dumps({"run": store.run_id, "revisions": revisions}, indent=1))
+    return written

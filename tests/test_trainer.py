@@ -167,3 +167,26 @@ def test_sgd_first_step_is_plain_gradient_descent_and_state_round_trips():
     index = list(trainer.model.parameters()).index(key)
     theirs = other.optimizer.state[list(other.model.parameters())[index]]["momentum_buffer"]
     torch.testing.assert_close(theirs, trainer.optimizer.state[key]["momentum_buffer"])
+
+
+def test_run_experiment_takes_lightning_style_callbacks(tmp_path):
+    from caplab import ConfigError, RunStore, run_experiment
+
+    class Recorder:
+        def __init__(self):
+            self.evaluations, self.steps = [], 0
+
+        def on_eval(self, trainer, record):
+            self.evaluations.append(record["step"])
+
+        def on_step_end(self, trainer, loss):
+            self.steps += 1
+
+    recorder, ends = Recorder(), []
+    path = run_experiment(load_config("demo", TINY), tmp_path, callbacks=[recorder, ("on_train_end", lambda t, record: ends.append(record))])
+    assert recorder.evaluations == [r["step"] for r in RunStore(path).metrics()] and recorder.steps == 24
+    assert ends[0]["step"] == 24
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="no method named after a trainer event"):
+        run_experiment(load_config("demo", TINY), tmp_path, callbacks=[object()])
+    assert sorted(tmp_path.iterdir()) == before  # nothing was created

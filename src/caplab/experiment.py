@@ -160,12 +160,33 @@ def _mark(stores: list[RunStore], catalog: Catalog, status: str, error: str, div
             pass
 
 
-def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool) -> Path:
+def callback_pairs(callbacks) -> list[tuple]:
+    """User callbacks as (event, fn): objects whose methods are named after trainer events (`on_eval(trainer,
+    record)`, `on_step_end(trainer, loss)`, ... as in Lightning), or `(event, fn)` pairs. ConfigError otherwise."""
+    from caplab.train.trainer import EVENTS
+
+    pairs = []
+    for callback in callbacks:
+        if isinstance(callback, tuple):
+            if len(callback) != 2 or callback[0] not in EVENTS or not callable(callback[1]):
+                raise ConfigError(f"callback {callback!r} is not (event, function); events: {', '.join(EVENTS)}")
+            pairs.append(callback)
+            continue
+        methods = [(event, getattr(callback, event)) for event in EVENTS if callable(getattr(callback, event, None))]
+        if not methods:
+            raise ConfigError(f"callback {callback!r} has no method named after a trainer event ({', '.join(EVENTS)})")
+        pairs += methods
+    return pairs
+
+
+def _train(store: RunStore, cfg: ExperimentConfig, catalog: Catalog, restore: bool, callbacks=()) -> Path:
     with owning(store.path):
         if restore and store.info()["status"] == "completed":  # finished by another process meanwhile
             return store.path
         store.remove_temporaries()
         task, trainer = _prepare(store, cfg, catalog, restore)  # reads and checks; the status is not touched yet
+        for event, fn in callback_pairs(callbacks):
+            trainer.add_callback(event, fn)
         with _marking_failures([store], catalog):
             _start(store, trainer, catalog)
             with _tracking([store], [trainer], cfg.loggers) as done:
@@ -261,19 +282,26 @@ def _record_model(store: RunStore, cfg: ExperimentConfig, model: GPT) -> Path:
     return store.path
 
 
-def train_run(store: RunStore) -> Path:
-    """Train a run created by `create_run` from the start."""
+def train_run(store: RunStore, callbacks=()) -> Path:
+    """Train a run created by `create_run` from the start (`callbacks`: see `callback_pairs`)."""
     cfg = store.experiment_config()
-    return _train(store, cfg, Catalog(store.path.parent), restore=False)
+    return _train(store, cfg, Catalog(store.path.parent), restore=False, callbacks=callbacks)
 
 
-def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None) -> Path:
-    """Train `cfg` in a new run directory; return its path (see `run_ensemble` for train.ensemble > 1)."""
+def run_experiment(cfg: ExperimentConfig, root: Optional[Path] = None, callbacks=()) -> Path:
+    """Train `cfg` in a new run directory; return its path (see `run_ensemble` for train.ensemble > 1).
+
+    `callbacks`: objects with methods named after trainer events (`on_eval(trainer, record)`, ...) or
+    `(event, fn)` pairs, called as the run trains (see `callback_pairs`).
+    """
+    callback_pairs(callbacks)  # a bad callback fails before a run directory exists
     if cfg.train.ensemble > 1:
         raise ConfigError("train.ensemble > 1 makes several runs: use caplab.run_ensemble")
     if distributed.launched():
+        if callbacks:
+            raise ConfigError("callbacks are not passed to torchrun's other processes; use the loggers: section")
         return _train_distributed(cfg, lambda cfg: create_run(cfg, root), restore=False)
-    return train_run(create_run(cfg, root))
+    return train_run(create_run(cfg, root), callbacks)
 
 
 def run_ensemble(cfg: ExperimentConfig, root: Optional[Path] = None) -> list[Path]:

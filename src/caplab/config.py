@@ -117,6 +117,17 @@ def merge_recipe(base: dict, changes: Optional[dict]) -> dict:
     return out
 
 
+def flatten_config(config: dict, prefix: str = "") -> dict:
+    """A nested config as {"train.lr": 0.001, ...} (dotted keys, as overrides name them)."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def set_key(data: dict, dotted: str, value) -> dict:
     """A copy of `data` with the value at `dotted` (e.g. "train.init_from") set."""
     out = copy.deepcopy(data)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caplab.config import flatten_config
 from caplab.errors import DamagedRun
 from caplab.runs import html, plots
 from caplab.runs.store import RunStore, read_or_note
@@ -45,7 +46,7 @@ class _Readable:
 def _labels(stores: list[RunStore]) -> list[str]:
     """Recipe name, the config values that differ among the overlaid runs (at most two, e.g. task.format=direct),
     and the run id's random suffix: short, and unique among overlaid runs."""
-    flat = [_flatten(s.config_dict()) if (s.path / "config.json").is_file() else {} for s in stores]
+    flat = [flatten_config(s.config_dict()) if (s.path / "config.json").is_file() else {} for s in stores]
     differing = [k for k in sorted(set().union(*flat)) if k != "recipe" and len({repr(f.get(k)) for f in flat}) > 1]
     labels = []
     for store, config in zip(stores, flat):
@@ -54,15 +55,6 @@ def _labels(stores: list[RunStore]) -> list[str]:
         labels.append(f"{info['recipe']}{' ' + shown if shown and len(stores) > 1 else ''} ({info['run_id'][-4:]})")
     return labels
 
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:

@@ -24,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from caplab.config import flatten_config
 from caplab.errors import ConfigError
 from caplab.runs.store import RunStore
 from caplab.tracker_config import TRACKER_CONFIGS
@@ -35,15 +36,6 @@ def numbers(record: dict) -> dict[str, float]:
     return {k: float(v) for k, v in record.items()
             if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
 
-
-def flatten(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 class TensorBoardTracker:
@@ -120,7 +112,7 @@ class MLflowTracker:
         same = self.client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{store.run_id}'")
         # a resumed run continues its MLflow run
         self.run_id = same[0].info.run_id if same else self.client.create_run(experiment_id, run_name=store.run_id).info.run_id
-        params = [Param(k, str(v)[:6000]) for k, v in flatten(store.config_dict()).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in flatten_config(store.config_dict()).items()]
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[start : start + 100])
 

@@ -60,12 +60,14 @@ def test_listing_an_empty_root_creates_nothing(tmp_path):
 def test_warmup_longer_than_training_is_a_clear_warning(caplog):
     from caplab.experiment import build
 
+    from helpers import TINY
+
     with caplog.at_level("WARNING", logger="caplab"):
-        build(load_config("demo", ["train.steps=200", "train.warmup_steps=500"]))
-    assert "train.warmup_steps=500 is longer than train.steps=200: the learning rate never reaches" in caplog.text
+        build(load_config("demo", TINY + ["train.steps=3", "train.warmup_steps=500"]))[2].fit()
+    assert "train.warmup_steps=500 is longer than train.steps=3: the learning rate never reaches" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="caplab"):
-        build(load_config("demo", ["train.steps=200", "train.warmup_steps=200"]))
+        build(load_config("demo", TINY + ["train.steps=3", "train.warmup_steps=3"]))[2].fit()
     assert caplog.text == ""
     with pytest.raises(ConfigError, match="expected an integer"):
         load_config("demo", ["train.steps=1.5e2x"])

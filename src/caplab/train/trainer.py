@@ -191,9 +191,6 @@ class Trainer:
     def __init__(self, task: Task, model: nn.Module, cfg: TrainConfig, store: Optional[Store] = None,
                  optimizer: Optional[torch.optim.Optimizer] = None) -> None:
         self.task, self.cfg, self.store = task, cfg, store
-        if cfg.warmup_steps > cfg.steps:  # legal (a short test of a long recipe), but rarely meant
-            log.warning("caplab: warning: train.warmup_steps=%d is longer than train.steps=%d: the learning rate never "
-                        "reaches train.lr=%g", cfg.warmup_steps, cfg.steps, cfg.lr)
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         # a plug-in: the caller's optimizer, or the one train.optimizer names (caplab.train.optim.OPTIMIZERS)
@@ -429,6 +426,9 @@ class Trainer:
         evals = Schedule(c.steps, c.eval_every, c.log_spaced)
         checkpoints = Schedule(c.steps, c.checkpoint_every, c.log_spaced)
         resumed_at = self.step
+        if c.warmup_steps > c.steps and self.step < c.steps:  # legal (a short test of a long recipe), rarely meant
+            log.warning("caplab: warning: train.warmup_steps=%d is longer than train.steps=%d: the learning rate never "
+                        "reaches train.lr=%g", c.warmup_steps, c.steps, c.lr)
         self.model.train()
         self._fire("on_train_start")
         bar = self._progress()

@@ -1,4 +1,4 @@
-"""The `caplab` command line: run | demo | sweep | resume | runs | show | report | recipes."""
+"""The `caplab` command line: run | demo | sweep | resume | runs | show | report | connect | export | recipes."""
 
 from __future__ import annotations
 
@@ -189,6 +189,14 @@ def cmd_report(args) -> None:
     print(write_report(stores, out))
 
 
+def cmd_connect(args) -> None:
+    from caplab.studies.connect import connect_runs
+
+    out = connect_runs(args.run_a, args.run_b, args.path, _root(args), Path(args.out) if args.out else None, args.points,
+                       args.steps, args.lr, args.batch_size, args.start, args.seed)
+    print(out)
+
+
 def cmd_recipes(args) -> None:
     from caplab.recipe_files import recipe_description, recipe_names
 
@@ -275,6 +283,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run ids, unique id prefixes or run directories (several: overlaid)")
     p.add_argument("--out", help="output folder (default: the run's own folder, or runs/reports/...)")
     p.set_defaults(fn=cmd_report)
+
+    p = with_root(sub.add_parser("connect", help="loss and accuracy along a path between two runs' weights, and its barrier"))
+    p.add_argument("run_a", help="run at alpha = 0 (id, unique prefix or directory)")
+    p.add_argument("run_b", help="run at alpha = 1")
+    p.add_argument("--path", default="linear", help="linear (default), quadratic (a trained Bezier curve) or aligned "
+                   "(linear after permuting B's channels to match A's)")
+    p.add_argument("--points", type=int, default=10, help="segments of the path (default 10: 11 points)")
+    p.add_argument("--steps", type=int, default=600, help="quadratic: training steps of the control point (default 600)")
+    p.add_argument("--lr", type=float, default=0.05, help="quadratic: SGD rate of the control point (default 0.05)")
+    p.add_argument("--batch-size", type=int, default=128, help="quadratic: images per step (default 128)")
+    p.add_argument("--start", default="random", help="quadratic: the control point starts from a fresh init (random, "
+                   "default) or the linear midpoint (linear)")
+    p.add_argument("--seed", type=int, default=0, help="the statistics batches, the control point's init and data")
+    p.add_argument("--out", help="output folder (default: <root>/connections/<A>--<B>-<path>)")
+    p.set_defaults(fn=cmd_connect)
 
     p = sub.add_parser("recipes", help="list the shipped recipes")
     p.set_defaults(fn=cmd_recipes)

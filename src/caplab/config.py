@@ -24,7 +24,8 @@ from caplab.models.gpt import GPTConfig
 from caplab.recipe_files import SECTIONS, load_recipe, recipe_kind
 from caplab.models.registry import MODEL_KINDS, build_model, kinds_reading, model_kind_of, task_fields
 from caplab.tasks import TASKS, Task, make_task
-from caplab.tasks.corpus import CORPUS_KEYS, CorpusConfig
+from caplab.tasks.corpus import CORPUS_KEYS, Corpus, CorpusConfig
+from caplab.tasks.cues import CUE_KEYS, CueConfig, CueTask
 from caplab.train.plugins import LEGACY_TRAIN_KEYS, DiagnosticsConfig, MATConfig
 from caplab.tracker_config import TRACKER_CONFIGS
 from caplab.train.trainer import TrainConfig, resolve_device
@@ -176,6 +177,10 @@ def check_type(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"bad value {value!r} for '{key}'; expected a list")
         return [check_type(v, args[0], key) for v in value]
+    if annotation is dict or origin is dict:  # options handed on as they are (e.g. another task's config)
+        if not isinstance(value, dict):
+            raise ConfigError(f"bad value {value!r} for '{key}'; expected a mapping")
+        return dict(value)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"bad value {value!r} for '{key}'; expected true or false")
@@ -227,8 +232,9 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     if task_name not in TASKS:
         raise ConfigError(f"bad value {task_name!r} for 'task.name'; valid: {', '.join(TASKS)}")
     corpus_cfg = build_dataclass(CorpusConfig, {k: task_raw.pop(k) for k in CORPUS_KEYS if k in task_raw}, "task")
+    cue_cfg = build_dataclass(CueConfig, {k: task_raw.pop(k) for k in CUE_KEYS if k in task_raw}, "task")
     task_cfg = build_dataclass(TASKS[task_name].Config, task_raw, "task")
-    for config in (task_cfg, corpus_cfg):  # seeds feed torch.Generator.manual_seed, which takes 64-bit values
+    for config in (task_cfg, corpus_cfg, cue_cfg):  # seeds feed torch.Generator.manual_seed, which takes 64-bit values
         for key, value in dataclasses.asdict(config).items():
             if key.endswith("seed") and isinstance(value, int) and not 0 <= value < 2**63:
                 raise ConfigError(f"task.{key} must be in [0, 2^63), got {value}")
@@ -236,6 +242,8 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
         task = TASKS[task_name](task_cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if cue_cfg.cue != "none":  # the cue decides the model's input shape (dominoes stack two images)
+        task = CueTask(Corpus(task, corpus_cfg) if corpus_cfg.corpus_size else task, cue_cfg)
 
     model = resolve_model(dict(data.get("model") or {}), task, task_name)
     train = build_dataclass(TrainConfig, dict(data.get("train") or {}), "train")
@@ -252,7 +260,8 @@ def resolve(name: str, data: dict) -> ExperimentConfig:
     return ExperimentConfig(
         recipe=recipe,
         description=str(data.get("description", "")).strip(),
-        task={"name": task_name, **dataclasses.asdict(task_cfg), **dataclasses.asdict(corpus_cfg)},
+        task={"name": task_name, **dataclasses.asdict(task_cfg), **dataclasses.asdict(corpus_cfg),
+              **(dataclasses.asdict(cue_cfg) if cue_cfg.cue != "none" else {})},  # cue keys only where there is a cue
         model=model,
         train=train,
         mat=mat,

@@ -45,8 +45,9 @@ class ImageModelConfig:
     norm_groups: int = 32  # group / evonorm_s0: number of channel groups (capped at the channels)
     norm_group_size: Optional[int] = None  # channels per group instead of a group count
     in_channels: int = 3
-    image_size: int = 32
+    image_size: int = 32  # the height (and the width, unless image_width is set)
     n_classes: int = 10
+    image_width: int = 0  # 0: square images (a dominoes cue stacks two images: twice as tall as wide)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -106,7 +107,7 @@ class ImageClassifier(HookedModule):
     def training_step_flops(self, batch: int, frozen: dict[str, float] = {}) -> int:
         """Forward + backward FLOPs of one training step on `batch` images (conv and linear layers)."""
         if not hasattr(self, "_layer_costs"):
-            example = torch.zeros(1, self.cfg.in_channels, self.cfg.image_size, self.cfg.image_size,
+            example = torch.zeros(1, self.cfg.in_channels, self.cfg.image_size, self.cfg.image_width or self.cfg.image_size,
                                   device=next(self.parameters()).device)
             self._layer_costs = trace_layer_costs(self, example)
         return step_flops(self._layer_costs, batch, frozen)

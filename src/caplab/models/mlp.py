@@ -52,7 +52,7 @@ class MLP(ImageClassifier):
     def __init__(self, cfg: MLPConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        fan_in = cfg.in_channels * cfg.image_size ** 2
+        fan_in = cfg.in_channels * cfg.image_size * (cfg.image_width or cfg.image_size)
         self.blocks = nn.ModuleList(_Hidden(cfg, fan_in if i == 0 else cfg.width) for i in range(cfg.depth))
         self.hook_features = HookPoint()
         self.classifier = nn.Linear(cfg.width, cfg.n_classes)

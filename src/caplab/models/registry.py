@@ -40,8 +40,9 @@ def task_fields(kind: str, task) -> dict:
     """The config fields of model `kind` that `task` fixes."""
     if MODEL_KINDS[kind].reads == "tokens":
         return {"d_vocab": task.vocab_size, "n_ctx": task.seq_len}
-    channels, size, _ = task.image_shape
-    return {"in_channels": channels, "image_size": size, "n_classes": task.n_classes}
+    channels, height, width = task.image_shape
+    fields = {"in_channels": channels, "image_size": height, "n_classes": task.n_classes}
+    return fields if width == height else {**fields, "image_width": width}
 
 
 def model_kind_of(config) -> str:

@@ -125,6 +125,11 @@ class Cifar10(ImageTask):
         images, labels = self._split("test", device)
         return Batch(images[:batch_size], labels[:batch_size], torch.ones(min(batch_size, len(labels)), device=device))
 
+    def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images' row ids (what batches carry as `index`), in order, and their classes."""
+        labels = self.data["train"][1]
+        return torch.arange(len(labels)), labels
+
     def eval_set(self, device) -> Batch:
         images, labels = self._split("test", device)
         return Batch(images, labels, torch.ones(len(labels), device=device))

@@ -102,7 +102,10 @@ class Corpus(Task):
             parts.append(self._permutation()[self.position : self.position + take])
             self.position += take
             need -= take
-        return _select(data, torch.cat(parts).to(data.tokens.device))
+        rows = torch.cat(parts).to(data.tokens.device)
+        batch = _select(data, rows)
+        batch.labels["index"] = rows  # the documents' places in the corpus (see training_rows)
+        return batch
 
     @property
     def units_per_sample(self) -> int:
@@ -121,6 +124,14 @@ class Corpus(Task):
         picks = torch.randperm(self.cfg.corpus_size, generator=generator, device=generator.device)[:batch_size]
         data = self.documents(device)
         return _select(data, picks.to(data.tokens.device))
+
+    def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The documents' places in the corpus (what batches carry as `index`) and their classes (image tasks)."""
+        targets = self.documents(torch.device("cpu")).targets
+        return torch.arange(len(targets)), targets
+
+    def eval_set(self, device) -> Batch:
+        return self.task.eval_set(device)
 
     def evaluate(self, model: nn.Module, device) -> dict[str, float]:
         return {**self.task.evaluate(model, device), "epoch": float(self.epoch)}

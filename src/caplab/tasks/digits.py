@@ -93,5 +93,10 @@ class Digits(ImageTask):
     def eval_set(self, device) -> Batch:
         return self._batch(self.split["held_out"], device, None)
 
+    def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training images' row ids (what batches carry as `index`), in the split's order, and their classes."""
+        rows = self.split["train"]
+        return rows, self.labels[rows]
+
     def describe(self) -> dict:
         return {"classes": 10, "train_images": len(self.split["train"]), "held_out_images": len(self.split["held_out"])}

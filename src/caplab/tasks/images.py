@@ -44,6 +44,10 @@ class ImageTask(Task):
         """The fixed held-out images `evaluate` scores (the same on every call)."""
         raise NotImplementedError
 
+    def evaluation_sets(self, device: torch.device) -> dict[str, Batch]:
+        """The named held-out sets instruments score a model on (a cue task has four; see caplab.tasks.cues)."""
+        return {"held_out": self.eval_set(device)}
+
     @torch.no_grad()
     def predictions(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """(n,) predicted classes, in chunks of EVAL_CHUNK images."""

@@ -25,6 +25,7 @@ KINDS = {
     "finetune": "caplab.studies.finetune",  # pretrain, fine-tune, instruments, reverse fine-tune
     "compare": "caplab.studies.compare",  # variants of one recipe to a shared target, with controls
     "normalization": "caplab.studies.normalization",  # Beyond BatchNorm's three claims across the zoo
+    "mode-connectivity": "caplab.studies.mode_connectivity",  # paths between cue and clean models; CBFT and peers
 }
 
 

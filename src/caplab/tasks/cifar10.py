@@ -125,6 +125,12 @@ class Cifar10(ImageTask):
         images, labels = self._split("test", device)
         return Batch(images[:batch_size], labels[:batch_size], torch.ones(min(batch_size, len(labels)), device=device))
 
+    def training_batch(self, rows: torch.Tensor, device) -> Batch:
+        """The training images of these row ids, as they are (no augmentation)."""
+        images, labels = self._split("train", device)
+        rows = rows.to(device)
+        return Batch(images[rows], labels[rows], torch.ones(len(rows), device=device), {"index": rows})
+
     def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The training images' row ids (what batches carry as `index`), in order, and their classes."""
         labels = self.data["train"][1]

@@ -125,6 +125,13 @@ class Corpus(Task):
         data = self.documents(device)
         return _select(data, picks.to(data.tokens.device))
 
+    def training_batch(self, rows: torch.Tensor, device) -> Batch:
+        """The corpus documents at these places."""
+        data = self.documents(device)
+        batch = _select(data, rows.to(data.tokens.device))
+        batch.labels["index"] = rows.to(data.tokens.device)
+        return batch
+
     def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The documents' places in the corpus (what batches carry as `index`) and their classes (image tasks)."""
         targets = self.documents(torch.device("cpu")).targets

@@ -205,6 +205,24 @@ class CueTask(ImageTask):
     def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.task.training_rows()
 
+    def training_batch(self, rows: torch.Tensor, device, cue: bool = True) -> Batch:
+        """The training images of these row ids (no augmentation), with the cue where the rule puts it (`cue`)
+        or with none."""
+        batch = self.task.training_batch(rows, device)
+        carries = self.carries.to(rows.device)[rows].to(batch.targets.device) & cue
+        inputs = self.add_cue(batch.inputs, batch.targets, carries, pick=batch.labels["index"])
+        return Batch(inputs, batch.targets, batch.mask, {**batch.labels, "cue": carries.to(torch.long)})
+
+    def finetuning_sets(self, clean_share: float, seed: int, device) -> tuple[Batch, Batch]:
+        """The paper's D_NC and D_C: floor(clean_share n) clean training samples and the other n - that many with
+        the cue where the rule puts it, each drawn with replacement from the n training samples."""
+        rows, _ = self.training_rows()
+        n_clean = max(1, math.floor(clean_share * len(rows)))
+        generator = torch.Generator().manual_seed(seed)
+        clean = rows[torch.randint(len(rows), (n_clean,), generator=generator)]
+        cued = rows[torch.randint(len(rows), (len(rows) - n_clean,), generator=generator)]
+        return self.training_batch(clean, device, cue=False), self.training_batch(cued, device)
+
     @property
     def units_per_sample(self) -> int:
         return 1

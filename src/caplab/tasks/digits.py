@@ -93,6 +93,10 @@ class Digits(ImageTask):
     def eval_set(self, device) -> Batch:
         return self._batch(self.split["held_out"], device, None)
 
+    def training_batch(self, rows: torch.Tensor, device) -> Batch:
+        """The training images of these row ids, as they are (no augmentation)."""
+        return self._batch(rows, device, None)
+
     def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The training images' row ids (what batches carry as `index`), in the split's order, and their classes."""
         rows = self.split["train"]

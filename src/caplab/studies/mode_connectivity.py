@@ -43,7 +43,7 @@ import torch
 from caplab.analysis import connectivity
 from caplab.analysis.intervals import mean_interval
 from caplab.config import build_dataclass, load_recipe, merge_recipe, parse_value, recipe_kind, resolve, set_key
-from caplab.errors import ConfigError
+from caplab.errors import ConfigError, TrainingDiverged
 from caplab.experiment import load_model
 from caplab.runs import html, plots
 from caplab.runs.store import atomic_write_json, read_json
@@ -220,7 +220,11 @@ def methods_arm(path: Path, study: dict, cfg: ModeConnectivityStudyConfig, runs_
                 scores = {"cue_model": task.evaluate(model, CPU)}
                 for method in cue_finetune.METHODS:
                     log.info(f"caplab mode-connectivity: cue {p:g}, seed {s}: {method}")
-                    scores[method] = task.evaluate(_finetuned(model, task, method, cfg, s), CPU)
+                    try:
+                        scores[method] = task.evaluate(_finetuned(model, task, method, cfg, s), CPU)
+                    except TrainingDiverged as exc:  # a result of the method at this rate: no accuracy, counted
+                        log.info(f"caplab mode-connectivity: cue {p:g}, seed {s}: {method} diverged ({exc})")
+                        scores[method] = {**{f"{n}_accuracy": None for n in SETS}, "diverged": str(exc)}
                 return {"run": run_id, "cue_fraction": p, "seed": s, "ri_chance": task.ri_chance(), "scores": scores}
 
             table[(p, s)] = _cached(folder / f"methods-cue{round(p * 100)}-s{s}.json", compute)
@@ -277,7 +281,8 @@ def summarise_methods(table: dict, cfg: ModeConnectivityStudyConfig) -> dict:
     for p in cfg.cue_fractions:
         cells = [table[(p, s)] for s in range(cfg.seeds)]
         out[f"{p:g}"] = {"ri_chance": mean_interval([c["ri_chance"] for c in cells]),
-                         **{method: {n: mean_interval([c["scores"][method][f"{n}_accuracy"] for c in cells]) for n in SETS}
+                         **{method: {**{n: mean_interval([c["scores"][method][f"{n}_accuracy"] for c in cells]) for n in SETS},
+                                     "diverged": sum("diverged" in c["scores"][method] for c in cells)}
                             for method in ("cue_model", *cue_finetune.METHODS)}}
     return out
 
@@ -341,7 +346,7 @@ def write_report(path: Path, summary: dict, paths: Optional[dict]) -> Path:
         methods = ("cue_model", *cue_finetune.METHODS)
         x = np.arange(len(methods))
         for i, p in enumerate(m):
-            means = [100 * m[p][k]["ri"]["mean"] for k in methods]
+            means = [np.nan if m[p][k]["ri"]["mean"] is None else 100 * m[p][k]["ri"]["mean"] for k in methods]
             ax.plot(x, means, marker="o", label=f"cue on {float(p):.0%} of samples")
             ax.axhline(100 * m[p]["ri_chance"]["mean"], color=f"C{i}", ls=":", lw=1)
         ax.set_xticks(x, methods, fontsize=8)

@@ -105,7 +105,7 @@ def test_mode_connectivity_study_end_to_end_and_resume_reuses_its_results(tmp_pa
     folder = next((tmp_path / "studies").iterdir())
     summary = json.loads((folder / "summary.json").read_text())
     assert set(summary["paths"]) == {"cue-clean/linear", "cue-clean/quadratic", "cue-clean/aligned", "cue-naive_small/linear",
-                                     "cue-naive_medium/linear", "cue-cue/linear", "cue-cue/aligned"}
+                                     "cue-naive_medium/linear", "cue-naive_large/linear", "cue-cue/linear", "cue-cue/aligned"}
     assert summary["paths"]["cue-clean/linear"]["barrier"]["c"]["n"] == 2
     methods = summary["methods"]["0.8"]
     assert set(methods) == {"ri_chance", "cue_model", *CF.METHODS} and methods["cbft"]["ri"]["n"] == 2

@@ -10,7 +10,7 @@ another initialisation). Between them: the linear, quadratic (Bezier, control
 point trained on the cue model's training data) and permutation-aligned linear
 paths, scored on nc / c / rc / ri with normalization statistics recomputed on
 clean training images at every point. From the cue model: naive fine-tuning on
-the clean set D_NC at the small and the medium rate, and the linear path back
+the clean set D_NC at the small, medium and a large rate, and the linear path back
 to the cue model (does fine-tuning leave the cue model's basin?). Control, an
 arm where mechanisms agree: the cue model against the next seed's cue model,
 linear and aligned (a barrier there comes from the initialisation, not from a
@@ -195,7 +195,7 @@ def paths_arm(path: Path, study: dict, cfg: ModeConnectivityStudyConfig, runs_di
             return _cached(folder / f"{tag}-{kind}-s{s}.json", compute)
 
         seed_results = {f"cue-clean/{kind}": curve(kind, lambda: clean_model, "cue-clean") for kind in connectivity.PATHS}
-        for method in ("naive_small", "naive_medium"):  # fine-tuned on D_NC: does it leave the cue model's basin?
+        for method in cue_finetune.NAIVE_RATES:  # fine-tuned on D_NC: does it leave the cue model's basin?
             seed_results[f"cue-{method}/linear"] = curve(
                 "linear", lambda method=method: _finetuned(cue_model, task, method, cfg, s), f"cue-{method}")
         if cfg.seeds > 1:  # the control: two cue models (the same mechanism, different initialisations)

@@ -36,7 +36,8 @@ from torch.func import functional_call
 
 from caplab.errors import TrainingDiverged
 
-METHODS = ("naive_medium", "naive_small", "llrt", "lpft", "cbft")
+METHODS = ("naive_medium", "naive_small", "llrt", "lpft", "cbft")  # the paper's table
+NAIVE_RATES = {"naive_small": "lr_small", "naive_medium": "lr_medium", "naive_large": "lr_large"}  # LMC against the rate
 
 
 @dataclass
@@ -45,6 +46,7 @@ class CueFinetuneConfig:
     batch_size: int = 32
     lr_medium: float = 0.01  # naive fine-tuning (FT_M), lpft's second stage and cbft
     lr_small: float = 0.001  # FT_S
+    lr_large: float = 0.1  # naive_large: where linear connectivity to the cue model may break (not in the paper's table)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     head_epochs: int = 200  # llrt
@@ -57,7 +59,7 @@ class CueFinetuneConfig:
         for name in ("epochs", "batch_size", "head_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"study.finetune.{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr_medium", "lr_small", "head_lr"):
+        for name in ("lr_medium", "lr_small", "lr_large", "head_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"study.finetune.{name} must be positive, got {getattr(self, name)}")
 
@@ -201,16 +203,14 @@ def run_method(method: str, model: nn.Module, cue_state: dict[str, torch.Tensor]
                clean_share: float, seed: int) -> nn.Module:
     """`model` (the cue model) fine-tuned in place by `method` on the cue task's D_NC (and D_C for cbft), drawn
     with `seed` (`CueTask.finetuning_sets`); the method's own randomness also comes from `seed`."""
-    if method not in METHODS:
-        raise ValueError(f"unknown fine-tuning method {method!r}; valid: {', '.join(METHODS)}")
+    if method not in (*METHODS, *NAIVE_RATES):
+        raise ValueError(f"unknown fine-tuning method {method!r}; valid: {', '.join(dict.fromkeys((*METHODS, *NAIVE_RATES)))}")
     device = next(model.parameters()).device
     clean_batch, cued_batch = task.finetuning_sets(clean_share, seed, device)
     clean, cued = (clean_batch.inputs, clean_batch.targets), (cued_batch.inputs, cued_batch.targets)
     generator = torch.Generator().manual_seed(seed + 1)
-    if method == "naive_medium":
-        return naive(model, clean, cfg, cfg.lr_medium, generator)
-    if method == "naive_small":
-        return naive(model, clean, cfg, cfg.lr_small, generator)
+    if method in NAIVE_RATES:
+        return naive(model, clean, cfg, getattr(cfg, NAIVE_RATES[method]), generator)
     if method == "llrt":
         return last_layer(model, clean, cfg, generator)
     if method == "lpft":

@@ -169,3 +169,15 @@ def test_caplab_connect_writes_the_curve_and_refuses_incompatible_runs(tmp_path)
     assert result.returncode == 2 and "bad value 'cubic'" in result.stderr and result.stderr.count("\n") == 1
     result = caplab("connect", first, "no-such-run", root=tmp_path)
     assert result.returncode != 0 and result.stderr.count("\n") == 1
+
+
+def test_runs_of_different_kinds_are_not_compatible():
+    from caplab.config import resolve
+    from caplab.studies.connect import compatible
+
+    base = {"task": {"name": "digits", "cue": "box"}}
+    vgg = resolve("a", {**base, "model": {"kind": "vgg", "width": 4, "depth": 2, "stages": 1}})
+    mlp = resolve("b", {**base, "model": {"kind": "mlp", "width": 8, "depth": 1}})
+    with pytest.raises(ConfigError, match="different model kinds \\(vgg and mlp\\)"):
+        compatible(vgg, mlp, vgg.make_model().state_dict(), mlp.make_model().state_dict(), ("a", "b"))
+    compatible(vgg, vgg, vgg.make_model().state_dict(), vgg.make_model().state_dict(), ("a", "a"))  # no error

@@ -124,5 +124,5 @@ def test_cue_tasks_evaluate_every_set():
     cfg = resolve("cues", {"task": {"name": "digits", "cue": "box"}, "model": {"kind": "vgg", "width": 8, "depth": 3}})
     torch.manual_seed(0)
     record = task.evaluate(cfg.make_model().eval(), CPU)
-    assert set(record) == {f"{s}_{m}" for s in ("nc", "c", "rc", "ri") for m in ("accuracy", "loss")} | {"accuracy"}
+    assert set(record) == {f"{s}_{m}" for s in ("nc", "c", "rc", "ri") for m in ("accuracy", "loss")} | {"accuracy", "ri_image_accuracy"}
     assert record["accuracy"] == record["nc_accuracy"]

@@ -141,29 +141,30 @@ def fit_midpoint(model: nn.Module, a: State, b: State, sample: Callable[[torch.G
                  seed: int = 0) -> State:
     """Train the Bezier control point M between endpoints a and b; return M's state.
 
-    Each step draws alpha ~ U(0, 1) and a batch (`sample(generator)`), and takes an SGD step on M of the loss at
-    theta(alpha); autograd through the curve gives M the loss gradient times 2 alpha (1 - alpha). The rate
-    drops tenfold after two thirds of the steps (the paper's 10 of 15 epochs). M starts at `start` (the paper:
-    a fresh initialisation) or at the linear midpoint. Buffers (running statistics) are the model's own,
-    updated by the train-mode forwards.
+    Each step draws alpha ~ U(0, 1) and a batch (`sample(generator)`), computes the loss gradient at theta(alpha)
+    and takes an SGD step on M with that gradient and the rate scaled by w = 2 alpha (1 - alpha), as the paper's
+    code does (so momentum accumulates the unscaled gradients and weight decay is scaled by w too); without
+    momentum and weight decay this is plain gradient descent on E_alpha L(theta(alpha)) in M. The rate drops
+    tenfold after two thirds of the steps (the paper's 10 of 15 epochs). M starts at `start` (the paper: a
+    fresh initialisation) or at the linear midpoint. Buffers (running statistics) are the model's own during
+    the fit and restored afterwards.
     """
     from torch.func import functional_call
 
+    a, b = detached(a), detached(b)
+    original = detached(model.state_dict())  # the forwards update its running statistics
+    was_training = model.training
     names = [name for name, _ in model.named_parameters()]
     begin = start if start is not None else interpolate(a, b, 0.5)
     mid = {k: begin[k].detach().clone().requires_grad_(True) for k in names}
     optimizer = torch.optim.SGD(mid.values(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    a, b = detached(a), detached(b)
-    original = detached(model.state_dict())  # the forwards update its running statistics
-    was_training = model.training
     model.train()
     for step in range(steps):
-        if step == (2 * steps) // 3:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * 0.1
         alpha = float(torch.rand((), generator=generator))
         wa, wm, wb = (1 - alpha) ** 2, 2 * alpha * (1 - alpha), alpha ** 2
+        if wm == 0:
+            continue
         params = {k: wa * a[k] + wm * mid[k] + wb * b[k] for k in names}
         batch = sample(generator)
         value = loss(functional_call(model, params, (batch.inputs,)), batch)
@@ -171,6 +172,10 @@ def fit_midpoint(model: nn.Module, a: State, b: State, sample: Callable[[torch.G
             raise ConfigError(f"the quadratic path's loss became {value.item()} at step {step}; lower the rate")
         optimizer.zero_grad(set_to_none=True)
         value.backward()
+        for p in mid.values():  # autograd gave w x the gradient at theta(alpha): undo it, and scale the rate instead
+            p.grad.div_(wm)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * (0.1 if step >= (2 * steps) // 3 else 1.0) * wm
         optimizer.step()
     model.load_state_dict(original)
     model.train(was_training)
@@ -208,6 +213,7 @@ def channel_correlations(model: nn.Module, a: State, b: State, batches: Iterable
     a, b = detached(a), detached(b)
     original = detached(model.state_dict())
     sums: list[dict[str, torch.Tensor]] = [dict() for _ in layers]
+    was_training = model.training
     model.eval()
     try:
         for inputs in batches:
@@ -223,6 +229,7 @@ def channel_correlations(model: nn.Module, a: State, b: State, batches: Iterable
                     acc[key] = acc[key] + value if key in acc else value
     finally:
         model.load_state_dict(original)
+        model.train(was_training)
     out = []
     for acc in sums:
         n = acc["n"]
@@ -304,4 +311,12 @@ def connect(model: nn.Module, a: State, b: State, kind: str, sets: dict,
         mid = fit_midpoint(model, a, b, sample, loss, **(midpoint or {}))
         point = lambda alpha: bezier(a, mid, b, alpha)  # noqa: E731
         extra["midpoint_state"] = mid
-    return {"path": kind, "alphas": alphas, **path_curve(model, point, alphas, sets, statistics_batches), **extra}
+    return {"path": kind, "alphas": alphas, "relative_distance": relative_distance(a, b),
+            **path_curve(model, point, alphas, sets, statistics_batches), **extra}
+
+
+def relative_distance(a: State, b: State) -> float:
+    """|B - A| / |A| over the float tensors of the state dicts (how far B moved from A)."""
+    keys = [k for k in a if a[k].is_floating_point() and "running" not in k]
+    diff = sum(float((b[k] - a[k]).pow(2).sum()) for k in keys)
+    return math.sqrt(diff / max(sum(float(a[k].pow(2).sum()) for k in keys), 1e-30))

@@ -55,6 +55,7 @@ from caplab.train import cue_finetune
 log = logging.getLogger(__name__)
 
 SECTIONS = ("task", "model", "train", "study")
+TABLE_ROWS = ("clean_model", "cue_model", *cue_finetune.METHODS, *cue_finetune.CONTROLS)  # the methods arm's rows
 ARMS = ("paths", "methods")
 CPU = torch.device("cpu")
 
@@ -67,8 +68,8 @@ class ModeConnectivityStudyConfig:
     cue_fractions: list[float] = field(default_factory=lambda: [0.6, 0.8, 0.9])  # methods
     clean_share: float = 0.05  # D_NC: this share of the training set, clean (the paper: 2,500 of 50,000)
     points: int = 8  # path segments
-    midpoint_steps: int = 600
-    midpoint_lr: float = 0.05
+    midpoint_steps: int = 240  # about 15 epochs of a 2,000-image training set at batch 128 (the paper: 15 epochs)
+    midpoint_lr: float = 0.1  # the paper's
     midpoint_batch: int = 128
     statistics_batches: int = 8  # of 256 clean training images, for every point's normalization statistics
     finetune: dict = field(default_factory=dict)  # caplab.train.cue_finetune.CueFinetuneConfig fields
@@ -121,7 +122,14 @@ def planned_runs(cfg: ModeConnectivityStudyConfig) -> list[dict]:
         for s in range(cfg.seeds):
             runs.append({"label": f"cue-s{s}", "cue_fraction": cfg.path_cue_fraction, "seed": s, "run_id": None})
             runs.append({"label": f"clean-s{s}", "cue_fraction": 0.0, "seed": 1000 + s, "run_id": None})
+            # controls: a clean model from the cue model's own initialisation (and data order), and a second cue
+            # model from another initialisation (same mechanism)
+            runs.append({"label": f"clean-init-s{s}", "cue_fraction": 0.0, "seed": s, "run_id": None})
+            runs.append({"label": f"cue-b-s{s}", "cue_fraction": cfg.path_cue_fraction, "seed": 2000 + s, "run_id": None})
     if "methods" in cfg.arms:
+        for s in range(cfg.seeds):  # the cue-blind reference of the table
+            if not any(r["label"] == f"clean-s{s}" for r in runs):
+                runs.append({"label": f"clean-s{s}", "cue_fraction": 0.0, "seed": 1000 + s, "run_id": None})
         for p in cfg.cue_fractions:
             for s in range(cfg.seeds):
                 label = f"cue{round(p * 100)}-s{s}"
@@ -160,7 +168,7 @@ def _state(model) -> dict:
 
 
 def _finetuned(model, task, method: str, cfg: ModeConnectivityStudyConfig, seed: int):
-    """A copy of `model` fine-tuned by `method` on the task's D_NC (and D_C)."""
+    """A copy of `model` fine-tuned by `method` on the task's D_NC (and D_C); raises TrainingDiverged."""
     ft = cue_finetune.run_method(method, copy.deepcopy(model), _state(model), task, cfg.finetuning, cfg.clean_share, seed)
     return ft.eval()
 
@@ -170,37 +178,58 @@ def paths_arm(path: Path, study: dict, cfg: ModeConnectivityStudyConfig, runs_di
     results, folder = {}, path / "results"
     folder.mkdir(exist_ok=True)
     for s in range(cfg.seeds):
-        cue_model, cue_cfg = load_model(by_label[f"cue-s{s}"], root=runs_dir)
-        clean_model, _ = load_model(by_label[f"clean-s{s}"], root=runs_dir)
-        partner, _ = load_model(by_label[f"cue-s{(s + 1) % cfg.seeds}"], root=runs_dir)
+        models = {}
+
+        def model(label: str):
+            if label not in models:
+                models[label] = load_model(by_label[f"{label}-s{s}"], root=runs_dir)
+            return models[label]
+
+        cue_model, cue_cfg = model("cue")
         task = cue_cfg.make_task()
         sets = task.evaluation_sets(CPU)
         statistics = statistics_source(task, cfg.statistics_batches, 256, seed=s)
-        a = _state(cue_model)
 
-        def curve(kind: str, other, tag: str) -> dict:
-            """The path from the cue model to `other()` (a model, built only if the curve is not cached)."""
+        def curve(kind: str, first, second, tag: str) -> dict:
+            """The path from first() to second() (models, built only if the curve is not cached)."""
             def compute():
-                model_b = other()
+                model_a, model_b = first(), second()
                 log.info(f"caplab mode-connectivity: seed {s}: {tag} ({kind})")
                 midpoint = {"steps": cfg.midpoint_steps, "lr": cfg.midpoint_lr, "seed": s}
                 if kind == "quadratic":
                     torch.manual_seed(10_000 + s)
                     midpoint["start"] = cue_cfg.make_model().state_dict()  # a fresh initialisation, as the paper's
-                result = connectivity.connect(cue_model, a, _state(model_b), kind, sets, statistics, cfg.points,
+                result = connectivity.connect(model_a, _state(model_a), _state(model_b), kind, sets, statistics, cfg.points,
                                               sample=lambda g: task.sample(cfg.midpoint_batch, g, CPU), loss=task.loss,
                                               midpoint=midpoint)
                 result.pop("midpoint_state", None)
-                return {**result, "sets": list(sets), "pair": tag}
+                # each endpoint as trained, with its own running statistics (the path's endpoints use clean ones)
+                own = {"a": task.evaluate(model_a.eval(), CPU), "b": task.evaluate(model_b.eval(), CPU)}
+                return {**result, "sets": list(sets), "pair": tag, "own_statistics": own}
             return _cached(folder / f"{tag}-{kind}-s{s}.json", compute)
 
-        seed_results = {f"cue-clean/{kind}": curve(kind, lambda: clean_model, "cue-clean") for kind in connectivity.PATHS}
+        def finetuned(method: str):
+            try:
+                return _finetuned(cue_model, task, method, cfg, s)
+            except TrainingDiverged as exc:
+                return exc
+
+        cue, clean = (lambda: model("cue")[0]), (lambda: model("clean")[0])
+        seed_results = {f"cue-clean/{kind}": curve(kind, cue, clean, "cue-clean") for kind in connectivity.PATHS}
+        seed_results["cue-clean-same-init/linear"] = curve("linear", cue, lambda: model("clean-init")[0], "cue-clean-same-init")
+        for kind in ("linear", "aligned"):  # controls: the same mechanism from two initialisations
+            seed_results[f"cue-cue/{kind}"] = curve(kind, cue, lambda: model("cue-b")[0], "cue-cue")
+            seed_results[f"clean-clean/{kind}"] = curve(kind, lambda: model("clean-init")[0], clean, "clean-clean")
         for method in cue_finetune.NAIVE_RATES:  # fine-tuned on D_NC: does it leave the cue model's basin?
-            seed_results[f"cue-{method}/linear"] = curve(
-                "linear", lambda method=method: _finetuned(cue_model, task, method, cfg, s), f"cue-{method}")
-        if cfg.seeds > 1:  # the control: two cue models (the same mechanism, different initialisations)
-            for kind in ("linear", "aligned"):
-                seed_results[f"cue-cue/{kind}"] = curve(kind, lambda: partner, "cue-cue")
+            tag = f"cue-{method}"
+            if not (folder / f"{tag}-linear-s{s}.json").is_file():
+                tuned = finetuned(method)
+                if isinstance(tuned, TrainingDiverged):
+                    atomic_write_json(folder / f"{tag}-linear-s{s}.json", {"diverged": str(tuned), "pair": tag})
+                    log.info(f"caplab mode-connectivity: seed {s}: {method} diverged ({tuned})")
+                else:
+                    curve("linear", cue, lambda tuned=tuned: tuned, tag)
+            seed_results[f"{tag}/linear"] = read_json(folder / f"{tag}-linear-s{s}.json")
         results[s] = seed_results
     return results
 
@@ -217,11 +246,16 @@ def methods_arm(path: Path, study: dict, cfg: ModeConnectivityStudyConfig, runs_
             def compute():
                 model, model_cfg = load_model(run_id, root=runs_dir)
                 task = model_cfg.make_task()
-                scores = {"cue_model": task.evaluate(model, CPU)}
-                for method in cue_finetune.METHODS:
+                clean_model, _ = load_model(by_label[f"clean-s{s}"], root=runs_dir)
+                scores = {"cue_model": task.evaluate(model, CPU), "clean_model": task.evaluate(clean_model, CPU)}
+                for method in (*cue_finetune.METHODS, *cue_finetune.CONTROLS):
                     log.info(f"caplab mode-connectivity: cue {p:g}, seed {s}: {method}")
+                    start = model
+                    if method == "scratch":  # D_NC alone, from a fresh initialisation
+                        torch.manual_seed(5000 + s)
+                        start = model_cfg.make_model()
                     try:
-                        scores[method] = task.evaluate(_finetuned(model, task, method, cfg, s), CPU)
+                        scores[method] = task.evaluate(_finetuned(start, task, method, cfg, s), CPU)
                     except TrainingDiverged as exc:  # a result of the method at this rate: no accuracy, counted
                         log.info(f"caplab mode-connectivity: cue {p:g}, seed {s}: {method} diverged ({exc})")
                         scores[method] = {**{f"{n}_accuracy": None for n in SETS}, "diverged": str(exc)}
@@ -260,18 +294,26 @@ def run_study(path: Path) -> dict:
 
 
 def summarise_paths(results: dict) -> dict:
-    """Per pair/path and set: the barrier, and the loss and accuracy at every alpha, over seeds."""
+    """Per pair/path and set, over seeds: the barrier, the loss and accuracy at every alpha, how far B is from A,
+    and each endpoint's accuracies with its own statistics; diverged fine-tunings are counted."""
     out: dict = {}
-    keys = list(next(iter(results.values())))
-    for key in keys:
-        curves = [results[s][key] for s in results if key in results[s]]
-        sets = curves[0]["sets"]
-        out[key] = {"alphas": curves[0]["alphas"],
-                    "barrier": {n: mean_interval([c["barriers"][n] for c in curves]) for n in sets},
-                    "loss": {n: [mean_interval([c["points"][i][f"{n}_loss"] for c in curves])["mean"]
-                                 for i in range(len(curves[0]["alphas"]))] for n in sets},
-                    "accuracy": {n: [mean_interval([c["points"][i][f"{n}_accuracy"] for c in curves])["mean"]
-                                     for i in range(len(curves[0]["alphas"]))] for n in sets}}
+    for key in dict.fromkeys(k for seed in results.values() for k in seed):
+        found = [results[s][key] for s in results if key in results[s]]
+        curves = [c for c in found if "diverged" not in c]
+        entry: dict = {"diverged": len(found) - len(curves)}
+        if curves:
+            sets, n = curves[0]["sets"], len(curves[0]["alphas"])
+            entry.update({
+                "alphas": curves[0]["alphas"],
+                "barrier": {m: mean_interval([c["barriers"][m] for c in curves]) for m in sets},
+                "loss": {m: [mean_interval([c["points"][i][f"{m}_loss"] for c in curves])["mean"] for i in range(n)] for m in sets},
+                "accuracy": {m: [mean_interval([c["points"][i][f"{m}_accuracy"] for c in curves])["mean"] for i in range(n)]
+                             for m in sets},
+                "relative_distance": mean_interval([c["relative_distance"] for c in curves]),
+                "own_statistics": {end: {f"{m}_accuracy": mean_interval([c["own_statistics"][end][f"{m}_accuracy"] for c in curves])
+                                         for m in sets} for end in ("a", "b")},
+            })
+        out[key] = entry
     return out
 
 
@@ -282,8 +324,9 @@ def summarise_methods(table: dict, cfg: ModeConnectivityStudyConfig) -> dict:
         cells = [table[(p, s)] for s in range(cfg.seeds)]
         out[f"{p:g}"] = {"ri_chance": mean_interval([c["ri_chance"] for c in cells]),
                          **{method: {**{n: mean_interval([c["scores"][method][f"{n}_accuracy"] for c in cells]) for n in SETS},
+                                     "ri_image": mean_interval([c["scores"][method].get("ri_image_accuracy") for c in cells]),
                                      "diverged": sum("diverged" in c["scores"][method] for c in cells)}
-                            for method in ("cue_model", *cue_finetune.METHODS)}}
+                            for method in TABLE_ROWS}}
     return out
 
 
@@ -315,7 +358,7 @@ def write_report(path: Path, summary: dict, paths: Optional[dict]) -> Path:
         plots.save(fig, figures / "paths_loss.png")
         names.append("paths_loss.png")
         fig, ax = plots.subplots(width=7, height=4)
-        pairs = [k for k in s if k.endswith("/linear") or k.endswith("/aligned")]
+        pairs = [k for k in s if "barrier" in s[k] and not k.endswith("/quadratic")]
         x = np.arange(len(pairs))
         for i, name in enumerate(("nc", "c")):
             means = [s[k]["barrier"][name]["mean"] for k in pairs]
@@ -339,11 +382,11 @@ def write_report(path: Path, summary: dict, paths: Optional[dict]) -> Path:
         m = summary["methods"]
         rows = "".join(f"<tr><td>{html.escape(p)}</td><td>{html.escape(method)}</td>"
                        + "".join(f"<td>{_cell(m[p][method][n])}</td>" for n in SETS) + "</tr>"
-                       for p in m for method in ("cue_model", *cue_finetune.METHODS))
+                       for p in m for method in TABLE_ROWS)
         body.append("<h2>Fine-tuning methods (accuracy %, mean ± 95% interval over seeds)</h2><table><tr><th>cue share</th>"
                     "<th>method</th>" + "".join(f"<th>{n}</th>" for n in SETS) + f"</tr>{rows}</table>")
         fig, ax = plots.subplots(width=8, height=4)
-        methods = ("cue_model", *cue_finetune.METHODS)
+        methods = TABLE_ROWS
         x = np.arange(len(methods))
         for i, p in enumerate(m):
             means = [np.nan if m[p][k]["ri"]["mean"] is None else 100 * m[p][k]["ri"]["mean"] for k in methods]
@@ -371,9 +414,12 @@ def resume(path: Path) -> list[str]:
 def summary_lines(s: dict) -> list[str]:
     lines = []
     for key, entry in s.get("paths", {}).items():
+        if "barrier" not in entry:
+            lines.append(f"{key}: diverged on every seed")
+            continue
         barriers = ", ".join(f"{n} {e['mean']:.3f}" for n, e in entry["barrier"].items())
-        lines.append(f"{key}: barrier {barriers}")
+        lines.append(f"{key}: barrier {barriers}" + (f" ({entry['diverged']} diverged)" if entry["diverged"] else ""))
     for p, methods in s.get("methods", {}).items():
-        for method in ("cue_model", *cue_finetune.METHODS):
+        for method in TABLE_ROWS:
             lines.append(f"cue {p} {method}: " + ", ".join(f"{n} {_cell(methods[method][n])}" for n in SETS))
     return lines

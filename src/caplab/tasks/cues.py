@@ -26,7 +26,8 @@ Evaluation scores four versions of the held-out images (`evaluation_sets`):
          a cue-reliant model scores high; a model blind to the cue scores `ri_chance`, the share of images
          whose random partner has the same class
 
-`accuracy` is the clean (nc) accuracy.
+`accuracy` is the clean (nc) accuracy; `ri_image_accuracy` scores the ri answers against
+the partner image's own class (how often the model follows the image, not the cue).
 """
 
 from __future__ import annotations
@@ -76,11 +77,12 @@ def box_locations(height: int, width: int, size: int) -> list[tuple[int, int]]:
 
 
 def box_colours(n_colours: int, channels: int) -> torch.Tensor:
-    """(n_colours, channels) box values in [-1, 1]: green first, then hues round the wheel (RGB), or grey
-    levels from white down (one channel)."""
+    """(n_colours, channels) box values, written into the model's input space as the paper's code writes its
+    RGB values in [0, 1] into normalised space: (0, 1, 0) first (its CIFAR-10 box), then hues round the wheel;
+    one channel: grey levels from 1 down."""
     if channels == 1:
         return torch.linspace(1.0, -0.5, n_colours)[:, None] if n_colours > 1 else torch.ones(1, 1)
-    rgb = hsv_to_rgb((1 / 3 + torch.arange(n_colours) / n_colours) % 1, 1.0, 1.0) * 2 - 1
+    rgb = hsv_to_rgb((1 / 3 + torch.arange(n_colours) / n_colours) % 1, 1.0, 1.0)
     return rgb if channels == 3 else rgb.mean(1, keepdim=True).expand(n_colours, channels)
 
 
@@ -205,23 +207,25 @@ class CueTask(ImageTask):
     def training_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.task.training_rows()
 
-    def training_batch(self, rows: torch.Tensor, device, cue: bool = True) -> Batch:
-        """The training images of these row ids (no augmentation), with the cue where the rule puts it (`cue`)
-        or with none."""
+    def training_batch(self, rows: torch.Tensor, device, cue: "bool | str" = True) -> Batch:
+        """The training images of these row ids (no augmentation), with the cue where the rule puts it
+        (`cue=True`), on every image (`cue="all"`) or on none (False)."""
         batch = self.task.training_batch(rows, device)
-        carries = self.carries.to(rows.device)[rows].to(batch.targets.device) & cue
+        carries = self.carries.to(rows.device)[rows].to(batch.targets.device)
+        carries = torch.ones_like(carries) if cue == "all" else carries & bool(cue)
         inputs = self.add_cue(batch.inputs, batch.targets, carries, pick=batch.labels["index"])
         return Batch(inputs, batch.targets, batch.mask, {**batch.labels, "cue": carries.to(torch.long)})
 
     def finetuning_sets(self, clean_share: float, seed: int, device) -> tuple[Batch, Batch]:
-        """The paper's D_NC and D_C: floor(clean_share n) clean training samples and the other n - that many with
-        the cue where the rule puts it, each drawn with replacement from the n training samples."""
+        """The paper's D_NC and D_C: floor(clean_share n) clean training samples and the other n - that many,
+        every one with its label's cue (the paper's code builds D_C at its default cue share of 1, whatever the
+        cue model was trained on), each drawn with replacement from the n training samples."""
         rows, _ = self.training_rows()
         n_clean = max(1, math.floor(clean_share * len(rows)))
         generator = torch.Generator().manual_seed(seed)
         clean = rows[torch.randint(len(rows), (n_clean,), generator=generator)]
         cued = rows[torch.randint(len(rows), (len(rows) - n_clean,), generator=generator)]
-        return self.training_batch(clean, device, cue=False), self.training_batch(cued, device)
+        return self.training_batch(clean, device, cue=False), self.training_batch(cued, device, cue="all")
 
     @property
     def units_per_sample(self) -> int:
@@ -264,6 +268,8 @@ class CueTask(ImageTask):
             logits = torch.cat([model(data.inputs[i : i + EVAL_CHUNK]) for i in range(0, len(data.targets), EVAL_CHUNK)]).float()
             record[f"{name}_accuracy"] = (logits.argmax(-1) == data.targets).float().mean().item()
             record[f"{name}_loss"] = F.cross_entropy(logits, data.targets).item()
+            if "partner_targets" in data.labels:  # ri: how often the answer is the image's own class (image reliance)
+                record[f"{name}_image_accuracy"] = (logits.argmax(-1) == data.labels["partner_targets"]).float().mean().item()
         record["accuracy"] = record["nc_accuracy"]
         return record
 

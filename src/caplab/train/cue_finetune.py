@@ -37,6 +37,9 @@ from torch.func import functional_call
 from caplab.errors import TrainingDiverged
 
 METHODS = ("naive_medium", "naive_small", "llrt", "lpft", "cbft")  # the paper's table
+# controls: CBFT without either of its two terms, and training from a fresh initialisation on D_NC alone
+# (`model` is then a freshly initialised one)
+CONTROLS = ("cbft_no_barrier", "cbft_no_invariance", "scratch")
 NAIVE_RATES = {"naive_small": "lr_small", "naive_medium": "lr_medium", "naive_large": "lr_large"}  # LMC against the rate
 
 
@@ -162,12 +165,16 @@ def draw_t(generator: torch.Generator) -> float:
 
 
 def cbft(model: nn.Module, cue_state: dict[str, torch.Tensor], clean, cued, cfg: CueFinetuneConfig,
-         generator: torch.Generator) -> nn.Module:
-    """Connectivity-based fine-tuning (see module docstring); `cue_state` is the cue model's (frozen) weights."""
+         generator: torch.Generator, barrier: bool = True, invariance: bool = True) -> nn.Module:
+    """Connectivity-based fine-tuning (see module docstring); `cue_state` is the cue model's (frozen) weights.
+    `barrier` / `invariance` False drop that term (the ablation controls). The rate stays at lr_medium through
+    the warm-up epochs and the one after (the paper's scheduler steps only after them), then decays by a
+    cosine to 0."""
     cue_params = {name: cue_state[name].detach().clone() for name, _ in model.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr_medium, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     n_classes = model.classifier.out_features
     per_epoch = _steps_per_epoch(len(clean[1]), cfg.batch_size)
+    held = min(cfg.warmup_epochs + 1, cfg.epochs - 1) * per_epoch  # steps at the full rate
     total, step = cfg.epochs * per_epoch, 0
     cue_order: Iterator = iter(())
     model.train()
@@ -178,12 +185,14 @@ def cbft(model: nn.Module, cue_state: dict[str, torch.Tensor], clean, cued, cfg:
             except StopIteration:  # the cue set is larger: it is walked through across epochs
                 cue_order = epoch_batches(cued, cfg.batch_size, generator)
                 x_c, y_c = next(cue_order)
-            _cosine(optimizer, cfg.lr_medium, step, total)
-            loss = _checked(barrier_loss(model, cue_params, draw_t(generator), x_c, y_c, cfg.margin), "cbft barrier", step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if epoch < cfg.warmup_epochs:
+            _cosine(optimizer, cfg.lr_medium, max(step - held, 0), total - held)
+            t = draw_t(generator)
+            if barrier:
+                loss = _checked(barrier_loss(model, cue_params, t, x_c, y_c, cfg.margin), "cbft barrier", step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if epoch < cfg.warmup_epochs or not invariance:
                 loss = F.cross_entropy(model(x_nc), y_nc)
             else:
                 # two forwards, as the paper's code: each batch normalizes with its own statistics
@@ -203,8 +212,8 @@ def run_method(method: str, model: nn.Module, cue_state: dict[str, torch.Tensor]
                clean_share: float, seed: int) -> nn.Module:
     """`model` (the cue model) fine-tuned in place by `method` on the cue task's D_NC (and D_C for cbft), drawn
     with `seed` (`CueTask.finetuning_sets`); the method's own randomness also comes from `seed`."""
-    if method not in (*METHODS, *NAIVE_RATES):
-        raise ValueError(f"unknown fine-tuning method {method!r}; valid: {', '.join(dict.fromkeys((*METHODS, *NAIVE_RATES)))}")
+    if method not in (*METHODS, *NAIVE_RATES, *CONTROLS):
+        raise ValueError(f"unknown fine-tuning method {method!r}; valid: {', '.join(dict.fromkeys((*METHODS, *NAIVE_RATES, *CONTROLS)))}")
     device = next(model.parameters()).device
     clean_batch, cued_batch = task.finetuning_sets(clean_share, seed, device)
     clean, cued = (clean_batch.inputs, clean_batch.targets), (cued_batch.inputs, cued_batch.targets)
@@ -215,4 +224,7 @@ def run_method(method: str, model: nn.Module, cue_state: dict[str, torch.Tensor]
         return last_layer(model, clean, cfg, generator)
     if method == "lpft":
         return naive(last_layer(model, clean, cfg, generator), clean, cfg, cfg.lr_medium, generator)
-    return cbft(model, cue_state, clean, cued, cfg, generator)
+    if method == "scratch":
+        return naive(model, clean, cfg, cfg.lr_medium, generator)
+    return cbft(model, cue_state, clean, cued, cfg, generator, barrier=method != "cbft_no_barrier",
+                invariance=method != "cbft_no_invariance")

@@ -129,6 +129,24 @@ def flatten_config(config: dict, prefix: str = "") -> dict:
     return out
 
 
+def load_sectioned_recipe(recipe: str, kind: str, sections: tuple[str, ...], overrides: list[str] = ()) -> tuple[str, dict]:
+    """(name, data) of a `kind:` study recipe made of `sections`, with SECTION.KEY=VALUE overrides applied and
+    every top-level key checked."""
+    name, data = load_recipe(recipe)
+    if recipe_kind(data) != kind:
+        raise ConfigError(f"recipe {recipe!r} is not a {kind} recipe")
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key.split(".")[0] not in sections or "." not in key:
+            raise ConfigError(f"bad override {item!r}; a {kind} recipe takes SECTION.KEY=VALUE, sections {', '.join(sections)}")
+        data = set_key(data, key, parse_value(raw))
+    unknown = [k for k in data if k not in ("kind", "description", *sections)]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, {', '.join(sections)}")
+    return name, data
+
+
 def set_key(data: dict, dotted: str, value) -> dict:
     """A copy of `data` with the value at `dotted` (e.g. "train.init_from") set."""
     out = copy.deepcopy(data)

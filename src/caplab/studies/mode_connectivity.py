@@ -42,7 +42,7 @@ import torch
 
 from caplab.analysis import connectivity
 from caplab.analysis.intervals import mean_interval
-from caplab.config import build_dataclass, load_recipe, merge_recipe, parse_value, recipe_kind, resolve, set_key
+from caplab.config import build_dataclass, load_sectioned_recipe, merge_recipe, resolve
 from caplab.errors import ConfigError, TrainingDiverged
 from caplab.experiment import load_model
 from caplab.runs import html, plots
@@ -89,19 +89,7 @@ class ModeConnectivityStudyConfig:
 
 
 def load_study(recipe: str, overrides: list[str] = ()) -> tuple[str, dict, ModeConnectivityStudyConfig]:
-    name, data = load_recipe(recipe)
-    if recipe_kind(data) != "mode-connectivity":
-        raise ConfigError(f"recipe {recipe!r} is not a mode-connectivity recipe")
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or key.split(".")[0] not in SECTIONS or "." not in key:
-            raise ConfigError(f"bad override {item!r}; a mode-connectivity recipe takes SECTION.KEY=VALUE, sections "
-                              f"{', '.join(SECTIONS)}")
-        data = set_key(data, key, parse_value(raw))
-    unknown = [k for k in data if k not in ("kind", "description", *SECTIONS)]
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, {', '.join(SECTIONS)}")
+    name, data = load_sectioned_recipe(recipe, "mode-connectivity", SECTIONS, overrides)
     cfg = build_dataclass(ModeConnectivityStudyConfig, dict(data.get("study") or {}), "study")
     cfg.finetuning  # noqa: B018 (validated now, before anything runs)
     base = {k: data.get(k) or {} for k in ("task", "model", "train")}

@@ -32,7 +32,6 @@ them); the initialisation arms take seconds and are recomputed on each run.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -44,7 +43,7 @@ import torch
 
 from caplab.analysis.intervals import mean_interval
 from caplab.analysis.normalization import mean_cosine_similarity, signal_propagation
-from caplab.config import build_dataclass, load_recipe, merge_recipe, parse_value, recipe_kind, resolve, set_key
+from caplab.config import build_dataclass, load_sectioned_recipe, merge_recipe, resolve
 from caplab.errors import ConfigError
 from caplab.models.convnets import VGG, ResNet, ResNetConfig, VGGConfig
 from caplab.models.norms import NORMS
@@ -89,19 +88,7 @@ class NormalizationStudyConfig:
 
 def load_normalization(recipe: str, overrides: list[str] = ()) -> tuple[str, dict, NormalizationStudyConfig]:
     """(name, the recipe's task/model/train sections, the study config) with `section.key=value` overrides."""
-    name, data = load_recipe(recipe)
-    if recipe_kind(data) != "normalization":
-        raise ConfigError(f"recipe {recipe!r} is not a normalization recipe")
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or key.split(".")[0] not in SECTIONS or "." not in key:
-            raise ConfigError(f"bad override {item!r}; a normalization recipe takes SECTION.KEY=VALUE, sections "
-                              f"{', '.join(SECTIONS)}")
-        data = set_key(data, key, parse_value(raw))
-    unknown = [k for k in data if k not in ("kind", "description", *SECTIONS)]
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; valid: kind, description, {', '.join(SECTIONS)}")
+    name, data = load_sectioned_recipe(recipe, "normalization", SECTIONS, overrides)
     cfg = build_dataclass(NormalizationStudyConfig, dict(data.get("study") or {}), "study")
     base = {k: data.get(k) or {} for k in ("task", "model", "train")}
     base["description"] = str(data.get("description", "")).strip()

@@ -155,6 +155,7 @@ def _tiny_run(root, *extra):
 
 def test_caplab_connect_writes_the_curve_and_refuses_incompatible_runs(tmp_path):
     first = _tiny_run(tmp_path, "task.cue_fraction=1.0")
+    assert (tmp_path / first / "figures" / "cue_reliance.png").is_file()  # a cue task's report shows the four sets
     second = _tiny_run(tmp_path, "task.cue_fraction=0.0", "train.seed=1")
     result = caplab("connect", first, second, "--path", "quadratic", "--points", "2", "--steps", "3", root=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -6,6 +6,8 @@ Figures are drawn with `caplab.runs.plots` and pages built with
 
 from __future__ import annotations
 
+import json
+
 import re
 from pathlib import Path
 
@@ -119,7 +121,33 @@ def make_figures(stores: list[RunStore], out_dir: Path) -> list[Path]:
         plots.legend(ax, fontsize=7)
         paths.append(figures / "seen_vs_unseen.png")
         plots.save(fig, paths[-1])
+
+    if any("ri_accuracy" in r for _, records in runs for r in records):  # a cue task (caplab.tasks.cues)
+        fig, ax = plots.step_axes("cue reliance: accuracy on the counterfactual sets", "accuracy")
+        for i, (label, records) in enumerate(runs):
+            for key, style in (("nc_accuracy", "-"), ("c_accuracy", "--"), ("rc_accuracy", "-."), ("ri_accuracy", ":")):
+                x, y = plots.series(records, key)
+                ax.plot(x, y, style, color=f"C{i}", marker=".", label=key.split("_")[0] if len(runs) == 1 else f"{label} {key.split('_')[0]}")
+        chances = {_ri_chance(store) for store in stores} - {None}
+        for chance in chances:
+            ax.axhline(chance, color="grey", lw=1, ls=":")
+        if chances:
+            ax.text(0.99, min(chances), "ri of a cue-blind model", transform=ax.get_yaxis_transform(), ha="right",
+                    va="bottom", fontsize=7, color="grey")
+        ax.set_ylim(-0.03, 1.03)
+        plots.legend(ax, fontsize=7)
+        paths.append(figures / "cue_reliance.png")
+        plots.save(fig, paths[-1])
     return paths
+
+
+def _ri_chance(store) -> "float | None":
+    """The ri accuracy of a model that ignores the cue, from the run's task.json (None if it has none)."""
+    path = store.path / "task.json"
+    try:
+        return json.loads(path.read_text())["cue"]["ri_chance"] if path.is_file() else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def metric_families(keys: list[str]) -> dict[str, list[str]]:

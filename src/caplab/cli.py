@@ -290,8 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", default="linear", help="linear (default), quadratic (a trained Bezier curve) or aligned "
                    "(linear after permuting B's channels to match A's)")
     p.add_argument("--points", type=int, default=10, help="segments of the path (default 10: 11 points)")
-    p.add_argument("--steps", type=int, default=600, help="quadratic: training steps of the control point (default 600)")
-    p.add_argument("--lr", type=float, default=0.05, help="quadratic: SGD rate of the control point (default 0.05)")
+    p.add_argument("--steps", type=int, default=240, help="quadratic: training steps of the control point (default 240)")
+    p.add_argument("--lr", type=float, default=0.1, help="quadratic: SGD rate of the control point (default 0.1, the paper's; x 0.1 for the last third)")
     p.add_argument("--batch-size", type=int, default=128, help="quadratic: images per step (default 128)")
     p.add_argument("--start", default="random", help="quadratic: the control point starts from a fresh init (random, "
                    "default) or the linear midpoint (linear)")

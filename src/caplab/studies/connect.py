@@ -66,7 +66,7 @@ def statistics_source(task, batches: int, batch_size: int, seed: int = 0):
 
 
 def connect_runs(run_a: str, run_b: str, path: str, root: Optional[Path] = None, out: Optional[Path] = None,
-                 points: int = 10, steps: int = 600, lr: float = 0.05, batch_size: int = 128, start: str = "random",
+                 points: int = 10, steps: int = 240, lr: float = 0.1, batch_size: int = 128, start: str = "random",
                  seed: int = 0, statistics_batches: int = 8) -> Path:
     """Write the curve of `path` between the two runs (see module docstring); return curve.json's path."""
     if path not in connectivity.PATHS:

@@ -305,6 +305,7 @@ def connect(model: nn.Module, a: State, b: State, kind: str, sets: dict,
         point = lambda alpha: interpolate(a, b_aligned, alpha)  # noqa: E731
         extra["permutations"] = [p.tolist() for p in perms]
         extra["channels_moved"] = [int((p != torch.arange(len(p))).sum()) for p in perms]
+        extra["relative_distance_aligned"] = relative_distance(a, b_aligned)
     else:
         if sample is None or loss is None:
             raise ValueError("a quadratic path needs `sample` and `loss` to train its control point")

@@ -15,6 +15,17 @@ SMALL = TINY + ["train.steps=8", "train.eval_every=4", "train.checkpoint_every=8
 GRID = {"task.n_train_compositions": [6, 8]}
 
 
+def same_records(a, b, rel: float = 1e-5) -> bool:
+    """Equal structures, with floats equal to a relative `rel` (ints, strings and keys exactly)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_records(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_records(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-7)
+    return a == b and type(a) is type(b)
+
+
 def _closed_port() -> int:
     """A local TCP port nothing listens on (bound, then released)."""
     with socket.socket() as probe:
@@ -39,8 +50,10 @@ def test_a_sweep_on_an_engine_equals_the_local_sweep(local, tmp_path, launcher):
     pytest.importorskip(launcher)  # the `scale` extra, installed by the test command
     _, local_summary, local_metrics = local
     path, summary, metrics = _sweep(tmp_path, launcher)
-    assert metrics == local_metrics and len(metrics) == 2
-    assert [s["final_mean"] for s in summary["settings"]] == [s["final_mean"] for s in local_summary["settings"]]
+    # the same runs; floats equal up to rounding, since an engine's worker trains with one thread and this process
+    # with all of them (matrix products may split their sums differently)
+    assert same_records(metrics, local_metrics) and len(metrics) == 2
+    assert same_records([s["final_mean"] for s in summary["settings"]], [s["final_mean"] for s in local_summary["settings"]])
     for _, store in sweep_runs(path):
         assert store.info()["status"] == "completed"
     if launcher == "submitit":

@@ -151,3 +151,27 @@ def test_cli_bad_study_key_is_one_line(tmp_path):
     result = caplab("run", "finetune-tracr", "--set", "study.focus_correlation=0.5", root=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "focus" in result.stderr
+
+
+def test_pcfg_study_reads_which_rule_the_answers_follow(tmp_path):
+    # a tiny PCFG chain: every cell and the pretrained model get the answer-rule instrument (the shortcut
+    # read from count(a) or from count(c)); its three rates are disjoint fractions of the separating documents
+    overrides = [
+        "pretrain.task.window=16", "pretrain.task.count_window=8", "pretrain.task.index_occurrence=1",
+        "pretrain.task.eval_samples=64", "pretrain.model.d_model=32", "pretrain.train.steps=20",
+        "pretrain.train.warmup_steps=2", "pretrain.train.eval_every=20", "pretrain.train.checkpoint_every=20",
+        "pretrain.train.progress=never", "finetune.train.steps=10", "finetune.train.warmup_steps=2",
+        "finetune.train.eval_every=10", "finetune.train.checkpoint_every=10", "reverse.train.steps=8",
+        "reverse.train.eval_every=8", "reverse.train.checkpoint_every=8", "study.priors=[low]", "study.seeds=1",
+        "study.lr_names=[small]", "study.learning_rates=[0.001]", "study.focus_lr=small", "study.correlations=[1.0]",
+        "study.prune_max=2", "study.probe_samples=64", "study.probe_steps=10", "study.shortcut_samples=500",
+    ]
+    summary = run_study(create_study("finetune-pcfg", overrides, tmp_path))
+    (chain,) = summary["chains"]
+    for rules in [chain["answer_rules"]] + [cell["answer_rules"] for cell in chain["cells"]]:
+        assert rules["n_separating"] > 0
+        shares = [rules[k] for k in ("count(b)", "count(a)+1", "(K+1-count(c))/2")]
+        assert all(0 <= s <= 1 for s in shares) and sum(shares) <= 1 + 1e-9
+    (row,) = summary["table"]
+    assert row["answer_rules"]["count(a)+1"]["mean"] == chain["cells"][0]["answer_rules"]["count(a)+1"]
+    assert "answer_rules" in summary["baselines"]["low"]

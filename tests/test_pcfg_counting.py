@@ -145,6 +145,44 @@ def test_evaluate_scores_answers_per_task_and_operand():
     assert metrics["count_a"] == (docs[:16, task.answer_position] == 0).float().mean().item()  # argmax of zeros is token 0
 
 
+class CountRule(nn.Module):
+    """Answers count(b) questions by a rule on the window's letter counts, read from the tokens themselves."""
+
+    def __init__(self, task, rule):
+        super().__init__()
+        self.task, self.rule = task, rule
+
+    def forward(self, tokens):
+        t, K, W = self.task, self.task.cfg.count_window, self.task.cfg.window
+        tail = tokens[:, 5 + W - K: 5 + W] - t.terminal_offset
+        a, b, c = ((tail == i).sum(1) for i in range(3))
+        answer = {"b": b, "a+1": (a + 1).clamp(max=K), "c": (K + 1 - c) // 2}[self.rule]
+        logits = torch.zeros(*tokens.shape, t.vocab_size)
+        logits[torch.arange(len(tokens)), -1, t.number_offset + answer] = 1.0
+        return logits
+
+
+def test_answer_rules_tell_the_count_a_wrapper_from_the_count_c_rule():
+    # a + b + c = K in the window, so count(b) = count(a) + 1 and count(b) = (K + 1 - count(c)) / 2 are the
+    # same shortcut; on the separating documents each rule model is recognised, and only by its own rule
+    task = make_task("pcfg_counting", tasks=["count"], operand="b", eval_samples=256, window=32, count_window=8)
+    docs = task._evaluation_documents(CPU, 0.0)["count_b"]
+    tail = docs[:, 5 + 32 - 8: 5 + 32] - task.terminal_offset
+    a, b, c = ((tail == i).sum(1) for i in range(3))
+    expected_n = int(((b != a + 1) & ((9 - c) % 2 == 0)).sum())
+    names = {"b": "count(b)", "a+1": "count(a)+1", "c": "(K+1-count(c))/2"}
+    for rule, name in names.items():
+        found = task.answer_rules(CountRule(task, rule), CPU)
+        assert found["n_separating"] == expected_n > 20
+        assert found[name] == 1.0 and all(found[other] == 0.0 for other in names.values() if other != name)
+    # under the shortcut itself the a-rule and the c-rule agree on every document
+    shortcut = task._evaluation_documents(CPU, 1.0)["count_b"]
+    assert torch.equal(CountRule(task, "a+1")(shortcut[:, :-2]).argmax(-1)[:, -1],
+                       CountRule(task, "c")(shortcut[:, :-2]).argmax(-1)[:, -1])
+    with pytest.raises(ValueError, match="must include count"):
+        make_task("pcfg_counting", tasks=["index"]).answer_rules(CountRule(task, "b"), CPU)
+
+
 def test_answer_only_loss_mask():
     task = make_task("pcfg_counting", loss_on="answer")
     batch = task.sample(8, torch.Generator().manual_seed(5), CPU)

@@ -361,6 +361,7 @@ def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: 
         "pretrained_pruning": _curve(pretrained, pretrained_scores, _control_ks(cfg), target_task, cfg),
         "probes": {"pretrained": _probes(pretrained, target_task, cfg), "untrained": _probes(untrained, target_task, cfg)},
         "attention": {"pretrained": _attention(pretrained, target_task)},
+        **_answer_rules(pretrained, target_task),
         "cells": [],
         "revival": {base: _revival(RunStore(runs_dir / ids[base]).metrics(), src, cfg.reach)
                     for base in ("reverse", "scratch", "swapped-ft") if base in ids},
@@ -376,6 +377,7 @@ def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: 
             tuned, _ = load_model(ids[base], root=runs_dir)
             cell["pruning"] = _pruning(tuned, pretrained, source_task, target_task, cfg, seed_offset + index)
             cell["probes"] = _probes(tuned, target_task, cfg)
+            cell.update(_answer_rules(tuned, target_task))
             if base == focus:
                 out["attention"]["finetuned"] = _attention(tuned, target_task)
         out["cells"].append(cell)
@@ -404,6 +406,9 @@ def _table(chains: list[dict], cfg: FinetuneStudyConfig) -> list[dict]:
                                      for label in last[0]["accuracy"]}
                 row["probe_majority"] = {label: mean_interval([p["majority"][label] for p in last])
                                          for label in last[0]["majority"]}
+            rules = [c["answer_rules"] for c in cells if "answer_rules" in c]
+            if rules:
+                row["answer_rules"] = {rule: mean_interval([r[rule] for r in rules]) for rule in rules[0]}
             rows.append(row)
     return rows
 
@@ -422,6 +427,8 @@ def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
             "probe_majority": {label: mean_interval([c["probes"]["pretrained"]["majority"][label] for c in mine])
                                for label in mine[0]["probes"]["pretrained"]["majority"]},
             "revival_steps": {base: [c["revival"][base]["steps_to_reach"] for c in mine] for base in mine[0]["revival"]},
+            **({"answer_rules": {rule: mean_interval([c["answer_rules"][rule] for c in mine]) for rule in mine[0]["answer_rules"]}}
+               if "answer_rules" in mine[0] else {}),
             # the same pruning procedure on the pretrained model: the change of the source capability per K
             "pretrained_pruning_change": {
                 str(row["k"]): mean_interval([c["pretrained_pruning"][i][cfg.source_metric] - c["pretrained_pruning"][0][cfg.source_metric]
@@ -429,6 +436,14 @@ def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
                 for i, row in enumerate(mine[0]["pretrained_pruning"]) if row["k"] > 0},
         }
     return out
+
+
+def _answer_rules(model, target_task) -> dict:
+    """{"answer_rules": which rule the count(b) answers follow} for PCFG counting (count(a) + 1, or the same
+    shortcut read from count(c)); {} for tasks without the instrument."""
+    if not hasattr(target_task, "answer_rules"):
+        return {}
+    return {"answer_rules": target_task.answer_rules(model, torch.device("cpu"))}
 
 
 def _masked_loss(model, batch) -> torch.Tensor:
@@ -557,6 +572,9 @@ def summary_lines(s: dict) -> list[str]:
         prior = f"prior {row['prior']} " if row["prior"] else ""
         line = (f"{prior}lr {row['lr_name']:<7} CTr {row['correlation']:<4g} {tgt} {cell_text(row[tgt])} (CTe 0) "
                 f"{cell_text(row[tgt + '_cte1'])} (CTe 1)   {src} {cell_text(row[src])}")
+        if "answer_rules" in row:
+            line += "   answers follow " + ", ".join(f"{rule} {cell_text(v)}" for rule, v in row["answer_rules"].items()
+                                                     if rule != "n_separating")
         if "pruning_gain" in row:
             line += (f"   pruning {src} {cell_text(row['pruning_gain'])} (random units {cell_text(row['pruning_gain_random'])},"
                      f" same units pretrained {cell_text(row['pruning_gain_pretrained'])})")

@@ -256,6 +256,14 @@ class PCFGCounting(Task):
     @torch.no_grad()
     def accuracy(self, model: nn.Module, device: torch.device, correlation: float = 0.0) -> dict[str, float]:
         """`{task}_{operand}` answer accuracy on fixed documents with test correlation CTe = `correlation`."""
+        metrics = {}
+        for name, docs in self._evaluation_documents(device, correlation).items():
+            logits = model(docs[:, : self.answer_position])[:, -1]
+            metrics[name] = (logits.argmax(-1) == docs[:, self.answer_position]).float().mean().item()
+        return metrics
+
+    def _evaluation_documents(self, device: torch.device, correlation: float) -> dict[str, torch.Tensor]:
+        """{`{task}_{operand}`: the fixed evaluation documents at CTe = `correlation`}, drawn once per device."""
         key = (str(device), correlation)
         if key not in self._eval_cache:
             generator = torch.Generator(device=device).manual_seed(self.cfg.seed + 17)
@@ -268,11 +276,29 @@ class PCFGCounting(Task):
                                                        letter, correlation)
                     sets[name] = docs
             self._eval_cache[key] = sets
-        metrics = {}
-        for name, docs in self._eval_cache[key].items():
-            logits = model(docs[:, : self.answer_position])[:, -1]
-            metrics[name] = (logits.argmax(-1) == docs[:, self.answer_position]).float().mean().item()
-        return metrics
+        return self._eval_cache[key]
+
+    @torch.no_grad()
+    def answer_rules(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """Which rule a count(b) answer follows, on the CTe = 0 count-b evaluation documents.
+
+        The window holds only a, b and c, so count(a) + count(b) + count(c) = K, and the shortcut
+        count(b) = count(a) + 1 is the same constraint as count(b) = (K + 1 - count(c)) / 2: a model fine-tuned
+        with it may read either letter. The rules give three different answers exactly where the shortcut fails
+        and (K + 1 - count(c)) is even; on those documents (`n_separating`) this returns the fraction of
+        answers equal to count(b), to count(a) + 1 and to (K + 1 - count(c)) / 2 (the rest: anything else).
+        """
+        if "count" not in self.cfg.tasks:
+            raise ValueError("answer_rules reads count(b) answers: task.tasks must include count")
+        docs = self._evaluation_documents(device, 0.0)["count_b"]
+        K, W = self.cfg.count_window, self.cfg.window
+        tail = docs[:, 5 + W - K: 5 + W] - self.terminal_offset
+        a, b, c = ((tail == i).sum(1) for i in range(3))
+        separating = (b != a + 1) & ((K + 1 - c) % 2 == 0)
+        answer = model(docs[separating][:, : self.answer_position])[:, -1].argmax(-1) - self.number_offset
+        n = int(separating.sum())
+        rate = (lambda target: (answer == target[separating]).float().mean().item() if n else float("nan"))
+        return {"n_separating": n, "count(b)": rate(b), "count(a)+1": rate(a + 1), "(K+1-count(c))/2": rate((K + 1 - c) // 2)}
 
     def probe_set(self, n: int, generator, device) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
         """Count questions about this task's operand (a unless fixed) at CTe = 0, for probes and attention.

@@ -440,7 +440,7 @@ def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
 
 def _answer_rules(model, target_task) -> dict:
     """{"answer_rules": which rule the count(b) answers follow} for PCFG counting (count(a) + 1, or the same
-    shortcut read from count(c)); {} for tasks without the instrument."""
+    shortcut as (K + 1 - count(c)) / 2); {} for tasks without the instrument."""
     if not hasattr(target_task, "answer_rules"):
         return {}
     return {"answer_rules": target_task.answer_rules(model, torch.device("cpu"))}

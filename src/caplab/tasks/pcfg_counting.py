@@ -284,21 +284,26 @@ class PCFGCounting(Task):
 
         The window holds only a, b and c, so count(a) + count(b) + count(c) = K, and the shortcut
         count(b) = count(a) + 1 is the same constraint as count(b) = (K + 1 - count(c)) / 2: a model fine-tuned
-        with it may read either letter. The rules give three different answers exactly where the shortcut fails
+        with it may answer count(a) + 1, or a function of count(c) = K - count(a) - count(b). The rules give three different answers exactly where the shortcut fails
         and (K + 1 - count(c)) is even; on those documents (`n_separating`) this returns the fraction of
         answers equal to count(b), to count(a) + 1 and to (K + 1 - count(c)) / 2 (the rest: anything else).
         """
         if "count" not in self.cfg.tasks:
             raise ValueError("answer_rules reads count(b) answers: task.tasks must include count")
         docs = self._evaluation_documents(device, 0.0)["count_b"]
-        K, W = self.cfg.count_window, self.cfg.window
-        tail = docs[:, 5 + W - K: 5 + W] - self.terminal_offset
-        a, b, c = ((tail == i).sum(1) for i in range(3))
+        K = self.cfg.count_window
+        a, b, c = self._window_counts(docs)
         separating = (b != a + 1) & ((K + 1 - c) % 2 == 0)
         answer = model(docs[separating][:, : self.answer_position])[:, -1].argmax(-1) - self.number_offset
         n = int(separating.sum())
         rate = (lambda target: (answer == target[separating]).float().mean().item() if n else float("nan"))
         return {"n_separating": n, "count(b)": rate(b), "count(a)+1": rate(a + 1), "(K+1-count(c))/2": rate((K + 1 - c) // 2)}
+
+    def _window_counts(self, docs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """count(a), count(b), count(c) in each document's counting window (its last K text tokens)."""
+        W, K = self.cfg.window, self.cfg.count_window
+        tail = docs[:, 5 + W - K: 5 + W] - self.terminal_offset
+        return tuple((tail == i).sum(1) for i in range(3))
 
     def probe_set(self, n: int, generator, device) -> tuple[torch.Tensor, torch.Tensor, dict, dict]:
         """Count questions about this task's operand (a unless fixed) at CTe = 0, for probes and attention.
@@ -310,9 +315,8 @@ class PCFGCounting(Task):
         letter = 0 if self.cfg.operand == "prior" else "abc".index(self.cfg.operand)
         docs, _, _ = self.sample_documents(n, generator, device, TASK_NAMES.index("count"), letter, 0.0)
         W, K = self.cfg.window, self.cfg.count_window
-        tail = docs[:, 5 + W - K : 5 + W] - self.terminal_offset
         positions = torch.full((n,), self.answer_position - 1, device=device)
-        counts = {letter: (tail == i).sum(1) for i, letter in enumerate("abc")}
+        counts = dict(zip("abc", self._window_counts(docs)))
         if W >= 2 * K:  # a count no task asks for: a in the K tokens before the counting window (a probe control)
             counts["a earlier"] = (docs[:, 5 + W - 2 * K : 5 + W - K] - self.terminal_offset == 0).sum(1)
         return docs[:, :-1], positions, counts, {"a": self.terminal_offset, "b": self.terminal_offset + 1}

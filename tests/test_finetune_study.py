@@ -153,7 +153,7 @@ def test_cli_bad_study_key_is_one_line(tmp_path):
     assert "focus" in result.stderr
 
 
-def test_pcfg_study_reads_which_rule_the_answers_follow(tmp_path):
+def test_pcfg_study_reads_how_the_answers_follow_the_shortcut(tmp_path):
     # a tiny PCFG chain: every cell and the pretrained model get the answer-rule instrument (the shortcut
     # read from count(a) or from count(c)); its three rates are disjoint fractions of the separating documents
     overrides = [
@@ -175,3 +175,9 @@ def test_pcfg_study_reads_which_rule_the_answers_follow(tmp_path):
     (row,) = summary["table"]
     assert row["answer_rules"]["count(a)+1"]["mean"] == chain["cells"][0]["answer_rules"]["count(a)+1"]
     assert "answer_rules" in summary["baselines"]["low"]
+    for knockout in [chain["letter_knockout"]] + [cell["letter_knockout"] for cell in chain["cells"]]:
+        assert all(knockout[f"n_{x}"] > 0 and -8 <= knockout[x] <= 8 for x in "abc")  # answers lie in 0..K = 8
+    assert row["letter_knockout"]["c"]["mean"] == chain["cells"][0]["letter_knockout"]["c"]
+    assert "letter_knockout" in summary["baselines"]["low"]
+    references = summary["baselines"]["low"]["knockout_references"]
+    assert references["count(b)"]["absolute"] == pytest.approx({"a": 0, "b": -1, "c": 0})

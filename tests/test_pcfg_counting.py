@@ -183,6 +183,56 @@ def test_answer_rules_tell_the_count_a_wrapper_from_the_count_c_rule():
         make_task("pcfg_counting", tasks=["index"]).answer_rules(CountRule(task, "b"), CPU)
 
 
+class SoftCountRule(nn.Module):
+    """Answers count(b) questions with an expected answer equal to a rule on the window's letter counts (pad
+    tokens count as no letter), or on their shares of the letters times K (`normalised`): probability split
+    between the two integers around a fractional value."""
+
+    def __init__(self, task, rule, normalised=False):
+        super().__init__()
+        self.task, self.rule, self.normalised = task, rule, normalised
+
+    def forward(self, tokens):
+        t, K, W = self.task, self.task.cfg.count_window, self.task.cfg.window
+        tail = tokens[:, 5 + W - K: 5 + W] - t.terminal_offset
+        counts = [(tail == i).sum(1).float() for i in range(3)]
+        if self.normalised:
+            counts = [x * K / sum(counts) for x in counts]
+        value = t.SHORTCUT_RULES[self.rule](*counts, K).clamp(0, K)  # checked by hand in the test below
+        low, frac = value.floor().long(), value - value.floor()
+        probs = torch.zeros(len(tokens), t.vocab_size)
+        rows = torch.arange(len(tokens))
+        probs[rows, t.number_offset + low] = 1 - frac
+        probs[rows, t.number_offset + (low + 1).clamp(max=K)] += frac
+        logits = torch.zeros(*tokens.shape, t.vocab_size)
+        logits[:, -1] = probs.clamp_min(1e-12).log()
+        return logits
+
+
+def test_letter_knockout_tells_which_counts_a_rule_reads():
+    # the rules agree under the shortcut, but blanking one letter moves each one's answer differently
+    task = make_task("pcfg_counting", tasks=["count"], operand="b", eval_samples=256, window=32, count_window=8)
+    references = task.knockout_references(CPU)
+    assert set(references) == set(task.SHORTCUT_RULES)
+    by_hand = {"count(b)": (0, -1, 0), "count(a)+1": (-1, 0, 0), "(K+1-count(c))/2": (0, 0, 0.5),
+               "(count(a)+count(b)+1)/2": (-0.5, -0.5, 0)}  # a token counter: one letter fewer
+    for rule, shifts in by_hand.items():
+        assert [references[rule]["absolute"][x] for x in "abc"] == pytest.approx(shifts, abs=1e-6)
+        for regime in ("absolute", "normalised"):
+            found = task.letter_knockout(SoftCountRule(task, rule, regime == "normalised"), CPU)
+            assert all(found[f"n_{x}"] > 50 for x in "abc")
+            assert [found[x] for x in "abc"] == pytest.approx([references[rule][regime][x] for x in "abc"], abs=0.02)
+    # share readers: the c rule and the (a + b) rule coincide again, count(a) + 1 does not
+    normalised = {rule: [references[rule]["normalised"][x] for x in "abc"] for rule in task.SHORTCUT_RULES}
+    assert normalised["(K+1-count(c))/2"] == pytest.approx(normalised["(count(a)+count(b)+1)/2"], abs=1e-6)
+    assert abs(normalised["count(a)+1"][0] - normalised["(K+1-count(c))/2"][0]) > 0.3
+    constant = nn.Module()
+    constant.forward = lambda tokens: torch.zeros(*tokens.shape, task.vocab_size)
+    assert [task.letter_knockout(constant, CPU)[x] for x in "abc"] == [0.0, 0.0, 0.0]  # reads nothing, moves not at all
+    with pytest.raises(ValueError, match="must include count"):
+        make_task("pcfg_counting", tasks=["index"]).letter_knockout(constant, CPU)
+
+
 def test_answer_only_loss_mask():
     task = make_task("pcfg_counting", loss_on="answer")
     batch = task.sample(8, torch.Generator().manual_seed(5), CPU)

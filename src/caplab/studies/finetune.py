@@ -361,7 +361,10 @@ def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: 
         "pretrained_pruning": _curve(pretrained, pretrained_scores, _control_ks(cfg), target_task, cfg),
         "probes": {"pretrained": _probes(pretrained, target_task, cfg), "untrained": _probes(untrained, target_task, cfg)},
         "attention": {"pretrained": _attention(pretrained, target_task)},
-        **_answer_rules(pretrained, target_task),
+        **_shortcut_readings(pretrained, target_task),
+        # what each pure reading of the shortcut would show under letter_knockout, on the same documents
+        **({"knockout_references": target_task.knockout_references(torch.device("cpu"))}
+           if hasattr(target_task, "knockout_references") else {}),
         "cells": [],
         "revival": {base: _revival(RunStore(runs_dir / ids[base]).metrics(), src, cfg.reach)
                     for base in ("reverse", "scratch", "swapped-ft") if base in ids},
@@ -377,7 +380,7 @@ def _analyse_chain(chain: dict, prior: Optional[str], seed: Optional[int], cfg: 
             tuned, _ = load_model(ids[base], root=runs_dir)
             cell["pruning"] = _pruning(tuned, pretrained, source_task, target_task, cfg, seed_offset + index)
             cell["probes"] = _probes(tuned, target_task, cfg)
-            cell.update(_answer_rules(tuned, target_task))
+            cell.update(_shortcut_readings(tuned, target_task))
             if base == focus:
                 out["attention"]["finetuned"] = _attention(tuned, target_task)
         out["cells"].append(cell)
@@ -406,9 +409,10 @@ def _table(chains: list[dict], cfg: FinetuneStudyConfig) -> list[dict]:
                                      for label in last[0]["accuracy"]}
                 row["probe_majority"] = {label: mean_interval([p["majority"][label] for p in last])
                                          for label in last[0]["majority"]}
-            rules = [c["answer_rules"] for c in cells if "answer_rules" in c]
-            if rules:
-                row["answer_rules"] = {rule: mean_interval([r[rule] for r in rules]) for rule in rules[0]}
+            for reading in SHORTCUT_READINGS:
+                found = [c[reading] for c in cells if reading in c]
+                if found:
+                    row[reading] = {key: mean_interval([f[key] for f in found]) for key in found[0]}
             rows.append(row)
     return rows
 
@@ -427,8 +431,10 @@ def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
             "probe_majority": {label: mean_interval([c["probes"]["pretrained"]["majority"][label] for c in mine])
                                for label in mine[0]["probes"]["pretrained"]["majority"]},
             "revival_steps": {base: [c["revival"][base]["steps_to_reach"] for c in mine] for base in mine[0]["revival"]},
-            **({"answer_rules": {rule: mean_interval([c["answer_rules"][rule] for c in mine]) for rule in mine[0]["answer_rules"]}}
-               if "answer_rules" in mine[0] else {}),
+            **{reading: {key: mean_interval([c[reading][key] for c in mine]) for key in mine[0][reading]}
+               for reading in SHORTCUT_READINGS if reading in mine[0]},
+            # the evaluation documents do not depend on the training seed, so every chain's references are these
+            **({"knockout_references": mine[0]["knockout_references"]} if "knockout_references" in mine[0] else {}),
             # the same pruning procedure on the pretrained model: the change of the source capability per K
             "pretrained_pruning_change": {
                 str(row["k"]): mean_interval([c["pretrained_pruning"][i][cfg.source_metric] - c["pretrained_pruning"][0][cfg.source_metric]
@@ -438,12 +444,15 @@ def _baselines(chains: list[dict], cfg: FinetuneStudyConfig) -> dict:
     return out
 
 
-def _answer_rules(model, target_task) -> dict:
-    """{"answer_rules": which rule the count(b) answers follow} for PCFG counting (count(a) + 1, or the same
-    shortcut as (K + 1 - count(c)) / 2); {} for tasks without the instrument."""
-    if not hasattr(target_task, "answer_rules"):
-        return {}
-    return {"answer_rules": target_task.answer_rules(model, torch.device("cpu"))}
+# PCFG counting's instruments of how a shortcut is read: which rule the count(b) answers follow (count(a) + 1,
+# or the same shortcut as (K + 1 - count(c)) / 2), and how they move when one window letter is blanked
+SHORTCUT_READINGS = ("answer_rules", "letter_knockout")
+
+
+def _shortcut_readings(model, target_task) -> dict:
+    """{instrument: result} for the SHORTCUT_READINGS the task has ({} for tasks without them)."""
+    return {reading: getattr(target_task, reading)(model, torch.device("cpu"))
+            for reading in SHORTCUT_READINGS if hasattr(target_task, reading)}
 
 
 def _masked_loss(model, batch) -> torch.Tensor:
@@ -575,6 +584,9 @@ def summary_lines(s: dict) -> list[str]:
         if "answer_rules" in row:
             line += "   answers follow " + ", ".join(f"{rule} {cell_text(v)}" for rule, v in row["answer_rules"].items()
                                                      if rule != "n_separating")
+        if "letter_knockout" in row:
+            line += "   answer change when one letter is blanked " + ", ".join(
+                f"{letter} {cell_text(row['letter_knockout'][letter])}" for letter in "abc")
         if "pruning_gain" in row:
             line += (f"   pruning {src} {cell_text(row['pruning_gain'])} (random units {cell_text(row['pruning_gain_random'])},"
                      f" same units pretrained {cell_text(row['pruning_gain_pretrained'])})")

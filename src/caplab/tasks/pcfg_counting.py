@@ -288,9 +288,7 @@ class PCFGCounting(Task):
         and (K + 1 - count(c)) is even; on those documents (`n_separating`) this returns the fraction of
         answers equal to count(b), to count(a) + 1 and to (K + 1 - count(c)) / 2 (the rest: anything else).
         """
-        if "count" not in self.cfg.tasks:
-            raise ValueError("answer_rules reads count(b) answers: task.tasks must include count")
-        docs = self._evaluation_documents(device, 0.0)["count_b"]
+        docs = self._count_b_documents(device)
         K = self.cfg.count_window
         a, b, c = self._window_counts(docs)
         separating = (b != a + 1) & ((K + 1 - c) % 2 == 0)
@@ -298,6 +296,80 @@ class PCFGCounting(Task):
         n = int(separating.sum())
         rate = (lambda target: (answer == target[separating]).float().mean().item() if n else float("nan"))
         return {"n_separating": n, "count(b)": rate(b), "count(a)+1": rate(a + 1), "(K+1-count(c))/2": rate((K + 1 - c) // 2)}
+
+    # what count(b) answers each reading of the shortcut gives from the window's letter counts (a, b, c)
+    SHORTCUT_RULES = {
+        "count(b)": lambda a, b, c, K: b,
+        "count(a)+1": lambda a, b, c, K: a + 1,
+        "(K+1-count(c))/2": lambda a, b, c, K: (K + 1 - c) / 2,
+        "(count(a)+count(b)+1)/2": lambda a, b, c, K: (a + b + 1) / 2,
+    }
+
+    @torch.no_grad()
+    def letter_knockout(self, model: nn.Module, device: torch.device) -> dict[str, float]:
+        """How a count(b) answer moves when one a, one b or one c of the counting window is blanked out.
+
+        answer_rules cannot tell which counts a shortcut model reads: inside the window a + b + c = K, so
+        (K + 1 - count(c)) / 2 read from c tokens and (count(a) + count(b) + 1) / 2 are the same function.
+        Replacing one letter by the pad token breaks that identity (off the training distribution, so a positive
+        control - a model that really answers count(b) - belongs beside it). On the CTe = 0 count-b evaluation
+        documents holding that letter, a random occurrence is blanked and this returns the mean change of the
+        expected answer (the answer distribution over 0..K, renormalised) as `{letter}`, with `n_{letter}`
+        documents. `knockout_references` gives what each pure rule would show on the same documents.
+        """
+        values = torch.arange(self.cfg.count_window + 1, device=device, dtype=torch.float)
+
+        def expected_answer(documents):
+            logits = model(documents[:, : self.answer_position])[:, -1, self.number_offset: self.number_offset + len(values)]
+            return (logits.float().softmax(-1) * values).sum(-1)
+
+        docs = self._count_b_documents(device)
+        before = expected_answer(docs)
+        out = {}
+        for letter, (held, knocked) in self._knockouts(docs).items():
+            out[letter] = (expected_answer(knocked) - before[held]).mean().item() if len(knocked) else float("nan")
+            out[f"n_{letter}"] = len(knocked)
+        return out
+
+    def knockout_references(self, device: torch.device) -> dict[str, dict[str, dict[str, float]]]:
+        """{rule: {"absolute" | "normalised": {letter: mean answer change}}} for letter_knockout's blanks.
+
+        A model that counts tokens answers the rule of the counts left after the blank ("absolute"); one that
+        reads each letter's share of the letters it sees (attention averaging that learns to skip the blank)
+        answers the rule of the shares times K ("normalised"). Under normalised counting a + b + c = K holds
+        again, and the c rule and the (a + b) rule coincide; only count(a) + 1 stays apart from them.
+        """
+        K = self.cfg.count_window
+        docs = self._count_b_documents(device)
+        out = {rule: {"absolute": {}, "normalised": {}} for rule in self.SHORTCUT_RULES}
+        for letter, (held, knocked) in self._knockouts(docs).items():
+            before = [x.float() for x in self._window_counts(docs[held])]
+            after = [x.float() for x in self._window_counts(knocked)]
+            shares = [x * K / sum(after) for x in after]
+            for rule, answer in self.SHORTCUT_RULES.items():
+                for regime, counts in (("absolute", after), ("normalised", shares)):
+                    out[rule][regime][letter] = (answer(*counts, K) - answer(*before, K)).mean().item()
+        return out
+
+    def _count_b_documents(self, device: torch.device) -> torch.Tensor:
+        if "count" not in self.cfg.tasks:
+            raise ValueError("the shortcut instruments read count(b) answers: task.tasks must include count")
+        return self._evaluation_documents(device, 0.0)["count_b"]
+
+    def _knockouts(self, docs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{letter: (documents holding it (mask), those documents with one random occurrence in the window padded)}."""
+        W, K = self.cfg.window, self.cfg.count_window
+        start = 5 + W - K
+        generator = torch.Generator(device=docs.device).manual_seed(self.cfg.seed + 29)
+        out = {}
+        for index, letter in enumerate("abc"):
+            hits = docs[:, start: start + K] == self.terminal_offset + index
+            keys = torch.rand(hits.shape, generator=generator, device=docs.device).masked_fill(~hits, -1.0)
+            held = hits.any(1)
+            knocked = docs[held].clone()
+            knocked[torch.arange(len(knocked), device=docs.device), start + keys[held].argmax(1)] = PAD
+            out[letter] = (held, knocked)
+        return out
 
     def _window_counts(self, docs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """count(a), count(b), count(c) in each document's counting window (its last K text tokens)."""

@@ -176,8 +176,8 @@ def test_pcfg_study_reads_how_the_answers_follow_the_shortcut(tmp_path):
     assert row["answer_rules"]["count(a)+1"]["mean"] == chain["cells"][0]["answer_rules"]["count(a)+1"]
     assert "answer_rules" in summary["baselines"]["low"]
     for knockout in [chain["letter_knockout"]] + [cell["letter_knockout"] for cell in chain["cells"]]:
-        assert all(knockout[f"n_{x}"] > 0 and -8 <= knockout[x] <= 8 for x in "abc")  # answers lie in 0..K = 8
+        assert all(knockout[f"n_{x}"] > 0 and -8 <= knockout[x] <= 8 for x in ("a", "b", "c", "outside"))  # answers in 0..8
     assert row["letter_knockout"]["c"]["mean"] == chain["cells"][0]["letter_knockout"]["c"]
     assert "letter_knockout" in summary["baselines"]["low"]
     references = summary["baselines"]["low"]["knockout_references"]
-    assert references["count(b)"]["absolute"] == pytest.approx({"a": 0, "b": -1, "c": 0})
+    assert references["count(b)"]["tokens"] == pytest.approx({"a": 0, "b": -1, "c": 0, "outside": 0})

@@ -185,18 +185,18 @@ def test_answer_rules_tell_the_count_a_wrapper_from_the_count_c_rule():
 
 class SoftCountRule(nn.Module):
     """Answers count(b) questions with an expected answer equal to a rule on the window's letter counts (pad
-    tokens count as no letter), or on their shares of the letters times K (`normalised`): probability split
-    between the two integers around a fractional value."""
+    tokens count as no letter), or on their shares of the letters times K (`shares`): probability split
+    between the two integers around a fractional value, and a large logit on a token that is not a number."""
 
-    def __init__(self, task, rule, normalised=False):
+    def __init__(self, task, rule, shares=False):
         super().__init__()
-        self.task, self.rule, self.normalised = task, rule, normalised
+        self.task, self.rule, self.shares = task, rule, shares
 
     def forward(self, tokens):
         t, K, W = self.task, self.task.cfg.count_window, self.task.cfg.window
         tail = tokens[:, 5 + W - K: 5 + W] - t.terminal_offset
         counts = [(tail == i).sum(1).float() for i in range(3)]
-        if self.normalised:
+        if self.shares:
             counts = [x * K / sum(counts) for x in counts]
         value = t.SHORTCUT_RULES[self.rule](*counts, K).clamp(0, K)  # checked by hand in the test below
         low, frac = value.floor().long(), value - value.floor()
@@ -206,6 +206,22 @@ class SoftCountRule(nn.Module):
         probs[rows, t.number_offset + (low + 1).clamp(max=K)] += frac
         logits = torch.zeros(*tokens.shape, t.vocab_size)
         logits[:, -1] = probs.clamp_min(1e-12).log()
+        logits[:, -1, t.terminal_offset] = 50.0  # not an answer: the expected answer is over numbers only
+        return logits
+
+
+class FirstHalfC(nn.Module):
+    """Answers the number of c tokens in the first half of the counting window: it reads positions."""
+
+    def __init__(self, task):
+        super().__init__()
+        self.task = task
+
+    def forward(self, tokens):
+        t, K, W = self.task, self.task.cfg.count_window, self.task.cfg.window
+        answer = (tokens[:, 5 + W - K: 5 + W - K // 2] == t.terminal_offset + 2).sum(1)
+        logits = torch.zeros(*tokens.shape, t.vocab_size)
+        logits[torch.arange(len(tokens)), -1, t.number_offset + answer] = 30.0
         return logits
 
 
@@ -216,16 +232,26 @@ def test_letter_knockout_tells_which_counts_a_rule_reads():
     assert set(references) == set(task.SHORTCUT_RULES)
     by_hand = {"count(b)": (0, -1, 0), "count(a)+1": (-1, 0, 0), "(K+1-count(c))/2": (0, 0, 0.5),
                "(count(a)+count(b)+1)/2": (-0.5, -0.5, 0)}  # a token counter: one letter fewer
+    docs = task._evaluation_documents(CPU, 0.0)["count_b"]
+    a, b, c = (x.float() for x in task._window_counts(docs))
     for rule, shifts in by_hand.items():
-        assert [references[rule]["absolute"][x] for x in "abc"] == pytest.approx(shifts, abs=1e-6)
-        for regime in ("absolute", "normalised"):
-            found = task.letter_knockout(SoftCountRule(task, rule, regime == "normalised"), CPU)
-            assert all(found[f"n_{x}"] > 50 for x in "abc")
-            assert [found[x] for x in "abc"] == pytest.approx([references[rule][regime][x] for x in "abc"], abs=0.02)
+        assert [references[rule]["tokens"][x] for x in "abc"] == pytest.approx(shifts, abs=1e-6)
+        for regime in ("tokens", "shares"):
+            assert references[rule][regime]["outside"] == 0.0  # the window's counts do not change
+            found = task.letter_knockout(SoftCountRule(task, rule, regime == "shares"), CPU)
+            assert all(found[f"n_{x}"] > 50 for x in ("a", "b", "c", "outside"))
+            keys = ("a", "b", "c", "outside")
+            assert [found[x] for x in keys] == pytest.approx([references[rule][regime][x] for x in keys], abs=0.02)
+        assert found["answer"] == pytest.approx(task.SHORTCUT_RULES[rule](a, b, c, 8).clamp(0, 8).mean().item(), abs=1e-4)
     # share readers: the c rule and the (a + b) rule coincide again, count(a) + 1 does not
-    normalised = {rule: [references[rule]["normalised"][x] for x in "abc"] for rule in task.SHORTCUT_RULES}
-    assert normalised["(K+1-count(c))/2"] == pytest.approx(normalised["(count(a)+count(b)+1)/2"], abs=1e-6)
-    assert abs(normalised["count(a)+1"][0] - normalised["(K+1-count(c))/2"][0]) > 0.3
+    shares = {rule: [references[rule]["shares"][x] for x in "abc"] for rule in task.SHORTCUT_RULES}
+    assert shares["(K+1-count(c))/2"] == pytest.approx(shares["(count(a)+count(b)+1)/2"], abs=1e-6)
+    assert abs(shares["count(a)+1"][0] - shares["(K+1-count(c))/2"][0]) > 0.3
+    # a blank lands on a uniformly random occurrence: a reader of half the window loses a c in that share of cases
+    tail = docs[:, 5 + 32 - 8: 5 + 32] == task.terminal_offset + 2
+    held = tail.any(1)
+    expected = -(tail[held, :4].sum(1) / tail[held].sum(1)).mean().item()
+    assert task.letter_knockout(FirstHalfC(task), CPU)["c"] == pytest.approx(expected, abs=0.06)
     constant = nn.Module()
     constant.forward = lambda tokens: torch.zeros(*tokens.shape, task.vocab_size)
     assert [task.letter_knockout(constant, CPU)[x] for x in "abc"] == [0.0, 0.0, 0.0]  # reads nothing, moves not at all

@@ -586,7 +586,7 @@ def summary_lines(s: dict) -> list[str]:
                                                      if rule != "n_separating")
         if "letter_knockout" in row:
             line += "   answer change when one letter is blanked " + ", ".join(
-                f"{letter} {cell_text(row['letter_knockout'][letter])}" for letter in "abc")
+                f"{key} {cell_text(row['letter_knockout'][key])}" for key in ("a", "b", "c", "outside"))
         if "pruning_gain" in row:
             line += (f"   pruning {src} {cell_text(row['pruning_gain'])} (random units {cell_text(row['pruning_gain_random'])},"
                      f" same units pretrained {cell_text(row['pruning_gain_pretrained'])})")

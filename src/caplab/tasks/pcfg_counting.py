@@ -311,11 +311,14 @@ class PCFGCounting(Task):
 
         answer_rules cannot tell which counts a shortcut model reads: inside the window a + b + c = K, so
         (K + 1 - count(c)) / 2 read from c tokens and (count(a) + count(b) + 1) / 2 are the same function.
-        Replacing one letter by the pad token breaks that identity (off the training distribution, so a positive
-        control - a model that really answers count(b) - belongs beside it). On the CTe = 0 count-b evaluation
-        documents holding that letter, a random occurrence is blanked and this returns the mean change of the
-        expected answer (the answer distribution over 0..K, renormalised) as `{letter}`, with `n_{letter}`
-        documents. `knockout_references` gives what each pure rule would show on the same documents.
+        Replacing one letter by the pad token breaks that identity. The pad never appears in training inputs, so
+        its effect is read beside two controls: `outside`, one random token of the text before the counting
+        window blanked (no reading of the window's counts moves; what is left is the blank's own disruption),
+        and a model that really answers count(b). On the CTe = 0 count-b evaluation documents holding the letter,
+        one random occurrence is blanked; this returns the mean change of the expected answer (the answer
+        distribution over 0..K, renormalised) as `a`, `b`, `c` and `outside`, with `n_{key}` documents, and the
+        mean expected answer before any blank as `answer`. `knockout_references` gives what each pure reading
+        of the shortcut would show on the same documents.
         """
         values = torch.arange(self.cfg.count_window + 1, device=device, dtype=torch.float)
 
@@ -325,30 +328,31 @@ class PCFGCounting(Task):
 
         docs = self._count_b_documents(device)
         before = expected_answer(docs)
-        out = {}
-        for letter, (held, knocked) in self._knockouts(docs).items():
-            out[letter] = (expected_answer(knocked) - before[held]).mean().item() if len(knocked) else float("nan")
-            out[f"n_{letter}"] = len(knocked)
+        out = {"answer": before.mean().item()}
+        for key, (held, knocked) in self._knockouts(docs).items():
+            out[key] = (expected_answer(knocked) - before[held]).mean().item() if len(knocked) else float("nan")
+            out[f"n_{key}"] = len(knocked)
         return out
 
     def knockout_references(self, device: torch.device) -> dict[str, dict[str, dict[str, float]]]:
-        """{rule: {"absolute" | "normalised": {letter: mean answer change}}} for letter_knockout's blanks.
+        """{rule: {"tokens" | "shares": {blank: mean answer change}}} for letter_knockout's blanks.
 
-        A model that counts tokens answers the rule of the counts left after the blank ("absolute"); one that
-        reads each letter's share of the letters it sees (attention averaging that learns to skip the blank)
-        answers the rule of the shares times K ("normalised"). Under normalised counting a + b + c = K holds
-        again, and the c rule and the (a + b) rule coincide; only count(a) + 1 stays apart from them.
+        Two idealised read-outs bracket how a model may take the blank: one that counts letter tokens answers the
+        rule of the counts left after it ("tokens"); one that reads each letter's share of the letters present
+        answers the rule of those shares times K ("shares"). Under shares a + b + c = K holds again, so the c rule
+        and the (a + b) rule coincide; only count(a) + 1 and count(b) stay apart. Both assume an expected answer
+        that follows the rule's value smoothly (a model that rounds may move by whole steps instead).
         """
         K = self.cfg.count_window
         docs = self._count_b_documents(device)
-        out = {rule: {"absolute": {}, "normalised": {}} for rule in self.SHORTCUT_RULES}
-        for letter, (held, knocked) in self._knockouts(docs).items():
+        out = {rule: {"tokens": {}, "shares": {}} for rule in self.SHORTCUT_RULES}
+        for key, (held, knocked) in self._knockouts(docs).items():
             before = [x.float() for x in self._window_counts(docs[held])]
             after = [x.float() for x in self._window_counts(knocked)]
             shares = [x * K / sum(after) for x in after]
             for rule, answer in self.SHORTCUT_RULES.items():
-                for regime, counts in (("absolute", after), ("normalised", shares)):
-                    out[rule][regime][letter] = (answer(*counts, K) - answer(*before, K)).mean().item()
+                for regime, counts in (("tokens", after), ("shares", shares)):
+                    out[rule][regime][key] = (answer(*counts, K) - answer(*before, K)).mean().item() if len(knocked) else float("nan")
         return out
 
     def _count_b_documents(self, device: torch.device) -> torch.Tensor:
@@ -357,18 +361,20 @@ class PCFGCounting(Task):
         return self._evaluation_documents(device, 0.0)["count_b"]
 
     def _knockouts(self, docs: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """{letter: (documents holding it (mask), those documents with one random occurrence in the window padded)}."""
+        """{"a" | "b" | "c" | "outside": (documents with a token to blank (mask), those documents with one random
+        such token padded)}: a letter of the counting window, or any token of the text before the window."""
         W, K = self.cfg.window, self.cfg.count_window
-        start = 5 + W - K
+        text = docs[:, 5: 5 + W]
         generator = torch.Generator(device=docs.device).manual_seed(self.cfg.seed + 29)
+        window = torch.arange(W, device=docs.device) >= W - K
         out = {}
-        for index, letter in enumerate("abc"):
-            hits = docs[:, start: start + K] == self.terminal_offset + index
-            keys = torch.rand(hits.shape, generator=generator, device=docs.device).masked_fill(~hits, -1.0)
-            held = hits.any(1)
+        for key, candidates in [(letter, window & (text == self.terminal_offset + index)) for index, letter in enumerate("abc")] + [
+                ("outside", ~window & (text >= self.terminal_offset))]:
+            keys = torch.rand(candidates.shape, generator=generator, device=docs.device).masked_fill(~candidates, -1.0)
+            held = candidates.any(1)
             knocked = docs[held].clone()
-            knocked[torch.arange(len(knocked), device=docs.device), start + keys[held].argmax(1)] = PAD
-            out[letter] = (held, knocked)
+            knocked[torch.arange(len(knocked), device=docs.device), 5 + keys[held].argmax(1)] = PAD
+            out[key] = (held, knocked)
         return out
 
     def _window_counts(self, docs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
